@@ -1,0 +1,119 @@
+"""Plain data shared by the scanner, the manifest, the planner and the executor.
+
+Paths are relative to the account's folder, always with "/" separators, as `str` decoded with
+`os.fsdecode` (so undecodable bytes survive as surrogate escapes); `display_path` makes them
+printable.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+
+
+class FileState(enum.StrEnum):
+    """What the manifest says of one local file."""
+
+    PENDING = "pending"  # seen, not uploaded yet (or being uploaded)
+    SYNCED = "synced"  # its content maps to a remote hash
+    FAILED = "failed"  # the last attempt failed; `last_error` says why
+    SKIPPED = "skipped"  # never an upload candidate; `last_error` says why
+
+
+class ImageOrigin(enum.StrEnum):
+    """How a remote image came to be in the manifest. Only UPLOADED images are ever deleted."""
+
+    UPLOADED = "uploaded"  # syncd POSTed these bytes and the API answered with this hash
+    ADOPTED = "adopted"  # the hash already existed remotely before syncd's upload
+
+
+class FolderState(enum.StrEnum):
+    """Whether an account's folder can be trusted to say which files are gone."""
+
+    OK = "ok"
+    MISSING = "missing"
+    UNREADABLE = "unreadable"
+    UNMOUNTED = "unmounted"  # empty, or no longer the file system it was, while images are synced
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """One regular file under an account folder that is an upload candidate."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    md5: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A file that is not an upload candidate, and why (logged once, shown by `status`)."""
+
+    path: str
+    reason: str
+    size: int = 0
+    mtime_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """A manifest row for one local file."""
+
+    account: str
+    path: str
+    size: int
+    mtime_ns: int
+    md5: str | None
+    state: FileState
+    remote_hash: str | None = None
+    last_error: str | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    """A manifest row for one remote image whose hash syncd received from an upload."""
+
+    account: str
+    hash: str
+    md5: str
+    origin: ImageOrigin
+    uploaded_at: float
+    gone_since: float | None = None  # when syncd first saw no local file holding this content
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadIntent:
+    """Written before a POST, removed with the result: a crash leaves it for the next start."""
+
+    account: str
+    md5: str
+    path: str
+    upload_name: str
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteImage:
+    """One image as the Graph API lists it."""
+
+    hash: str
+    name: str = ""
+    status: str = "ACTIVE"
+    creatives: tuple[str, ...] = ()
+    in_adgroups: bool = False
+    created_time: str = ""
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self.creatives) or self.in_adgroups
+
+
+def display_path(path: str) -> str:
+    """A printable form of a path that may hold undecodable bytes or control characters."""
+    raw = os.fsencode(path)
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
