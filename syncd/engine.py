@@ -1,0 +1,270 @@
+"""One sync pass for one account: scan -> list remote -> plan -> execute.
+
+`--reconcile` runs one pass per account; the daemon runs the same pass at start-up and on every
+rescan, so changes made while it was down are caught by exactly the code that reconcile tests.
+`Runtime` holds what the process owns once: the HTTP session, the manifest, the channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+import structlog
+
+from syncd.backoff import Backoff
+from syncd.channel import AccountChannel
+from syncd.config import AccountConfig, Config
+from syncd.errors import AuthError, GraphError
+from syncd.executor import Executor, PassReport, UploadContext
+from syncd.graph import GraphClient
+from syncd.manifest import SqliteManifest
+from syncd.models import (
+    FileRecord,
+    FolderState,
+    ImageOrigin,
+    ImageRecord,
+    RemoteImage,
+    UploadIntent,
+)
+from syncd.planner import AccountView, Plan, Policy, Upload, claim_intents, plan_account
+from syncd.ratelimit import TokenBucket
+from syncd.scanner import Known, ScanResult, scan_folder
+from syncd.secrets import Secrets
+
+log = structlog.get_logger("syncd.engine")
+
+MAX_SETTLE_ROUNDS = 30  # reconcile waits at most this many settle periods for busy writers
+MAX_PASSES = 3  # re-plans for files that changed while their upload was being prepared
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What the process owns once: the session, the manifest, one channel per account."""
+
+    config: Config
+    manifest: SqliteManifest
+    session: aiohttp.ClientSession
+    channels: dict[str, AccountChannel]
+    executors: dict[str, Executor]
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls, config: Config, secrets: Secrets, *, readonly: bool = False
+    ) -> AsyncIterator[Runtime]:
+        """Create everything in the running loop; close it all on the way out."""
+        manifest = SqliteManifest.open(config.manifest.path, readonly=readonly)
+        channels: dict[str, AccountChannel] = {}
+
+        def observe(account: str, headers: Mapping[str, str]) -> None:
+            channel = channels.get(account)
+            if channel is not None:
+                channel.observe_headers(headers)
+
+        connector = aiohttp.TCPConnector(limit=max(8, config.sync.workers * 2))
+        session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        try:
+            client = GraphClient(
+                session,
+                base_url=config.graph.base_url,
+                api_version=config.graph.api_version,
+                token=secrets.token,
+                app_secret=secrets.app_secret,
+                timeout=config.graph.timeout_seconds,
+                on_headers=observe,
+            )
+            gate = asyncio.Semaphore(config.sync.workers)
+            backoff = Backoff(max_attempts=config.sync.max_attempts)
+            for acct in config.accounts:
+                bucket = TokenBucket(acct.rate_per_second, acct.burst)
+                channels[acct.id] = AccountChannel(acct.id, client, bucket, backoff, gate=gate)
+            executors = {
+                a: Executor(manifest, ch, workers=config.sync.workers) for a, ch in channels.items()
+            }
+            yield cls(config, manifest, session, channels, executors)
+        finally:
+            await session.close()
+            manifest.close()
+
+
+@dataclass(slots=True)
+class PassResult:
+    """A pass's plan (for dry runs) and report (for everything else)."""
+
+    report: PassReport
+    plan: Plan | None = None
+    skips: list[tuple[str, str]] = field(default_factory=list)
+    in_use: set[str] = field(default_factory=set)  # due deletions a creative still uses
+
+
+@dataclass(frozen=True, slots=True)
+class PassOptions:
+    """How a pass behaves: reconcile and the daemon differ only here."""
+
+    dry_run: bool = False
+    allow_mass_delete: bool = False
+    wait_for_settle: bool = True  # reconcile waits for files being written; the daemon queues
+    on_hashed: Callable[[int, int], None] | None = None
+    on_planned: Callable[[Plan], None] | None = None
+    on_uploaded: Callable[[Upload], None] | None = None
+
+
+def policy_for(config: Config, allow_mass_delete: bool) -> Policy:
+    """The deletion policy the config asks for."""
+    return Policy(
+        delete_grace_seconds=config.sync.delete_grace_seconds,
+        max_delete_fraction=config.sync.max_delete_fraction,
+        allow_mass_delete=allow_mass_delete,
+    )
+
+
+async def sync_account(rt: Runtime, acct: AccountConfig, opts: PassOptions) -> PassResult:
+    """One full pass for one account. Auth failures stop the account and are reported."""
+    result = PassResult(PassReport(acct.id))
+    channel = rt.channels[acct.id]
+    try:
+        await channel.check()
+    except AuthError as exc:
+        result.report.auth_failed = exc.reason
+        return result
+    except GraphError as exc:
+        result.report.folder_error = f"account check failed: {exc.reason}"
+        log.error("account_check_failed", account=acct.id, reason=exc.reason)
+        return result
+    for _ in range(MAX_PASSES):
+        changed = await _one_pass(rt, acct, opts, result)
+        if not changed or opts.dry_run or result.report.auth_failed:
+            break
+        result.report.changed.clear()
+    if not opts.dry_run:
+        rt.manifest.note_scan(acct.id, time.time(), result.report.folder_error)
+    return result
+
+
+async def _one_pass(rt: Runtime, acct: AccountConfig, opts: PassOptions, result: PassResult) -> bool:
+    scan = await _settled_scan(rt, acct, opts)
+    report = result.report
+    if scan.folder_state is not FolderState.OK:
+        report.folder_error = f"folder {acct.folder} is {scan.folder_state.value}"
+        log.error("folder_unavailable", account=acct.id, folder=str(acct.folder),
+                  state=scan.folder_state.value)  # fmt: skip
+    channel = rt.channels[acct.id]
+    remote = await _list_remote(channel)
+    if channel.auth_error is not None:
+        report.auth_failed = channel.auth_error.reason
+        return False
+    manifest = rt.manifest
+    images = manifest.images(acct.id)
+    intents = manifest.intents(acct.id)
+    if not opts.dry_run and scan.folder_state is FolderState.OK:
+        images = _resolve_intents(rt, acct.id, scan, intents, remote, images)
+    view = _view(acct.id, scan, manifest.files(acct.id), images, remote)
+    plan = plan_account(view, policy_for(rt.config, opts.allow_mass_delete))
+    result.plan = plan
+    result.skips = [(s.path, s.reason) for s in scan.skips]
+    if opts.on_planned is not None:
+        opts.on_planned(plan)
+    if opts.dry_run:
+        await _dry_run_check(rt, plan, result)
+        return False
+    known = {img.hash for img in images}
+    ctx = UploadContext(
+        root=acct.folder,
+        preexisting={h for h in (remote or {}) if h not in known},
+        intent_md5s={i.md5 for i in intents},
+        on_uploaded=opts.on_uploaded,
+    )
+    await rt.executors[acct.id].run(plan, ctx, report)
+    return bool(report.changed)
+
+
+async def _settled_scan(rt: Runtime, acct: AccountConfig, opts: PassOptions) -> ScanResult:
+    settle = rt.config.sync.settle_seconds
+    for _ in range(MAX_SETTLE_ROUNDS):
+        known = _known(rt.manifest.files(acct.id))
+        scan = await scan_folder(
+            acct.folder, known, now=time.time(), settle_seconds=settle, on_progress=opts.on_hashed
+        )
+        if not scan.unsettled or not opts.wait_for_settle:
+            return scan
+        log.info("waiting_for_writers", account=acct.id, files=len(scan.unsettled))
+        await asyncio.sleep(settle)
+    return scan
+
+
+def _known(files: Mapping[str, FileRecord]) -> dict[str, Known]:
+    return {p: Known(r.size, r.mtime_ns, r.md5) for p, r in files.items() if r.md5}
+
+
+async def _list_remote(channel: AccountChannel) -> dict[str, RemoteImage] | None:
+    try:
+        return await channel.list_all()
+    except GraphError as exc:
+        # Without the listing the pass still uploads and deletes safely; it only cannot
+        # notice images deleted remotely or adopt existing ones.
+        log.warning("remote_listing_failed", account=channel.account, reason=exc.reason)
+        return None
+
+
+def _resolve_intents(
+    rt: Runtime,
+    account: str,
+    scan: ScanResult,
+    intents: list[UploadIntent],
+    remote: Mapping[str, RemoteImage] | None,
+    images: list[ImageRecord],
+) -> list[ImageRecord]:
+    if not intents:
+        return images
+    held = {f.md5 for f in scan.files}
+    claimed, dropped = claim_intents(intents, held, remote, {i.hash for i in images})
+    now = time.time()
+    for intent, image in claimed:
+        record = ImageRecord(
+            account, image.hash, intent.md5, ImageOrigin.UPLOADED, intent.started_at,
+            gone_since=now, name=image.name,
+        )  # fmt: skip
+        rt.manifest.finish_upload(record, [])
+        log.warning("intent_claimed", account=account, hash=image.hash, name=image.name)
+    for intent in dropped:
+        rt.manifest.abandon_upload(account, intent.md5)
+        log.info("intent_dropped", account=account, name=intent.upload_name)
+    return rt.manifest.images(account)
+
+
+def _view(
+    account: str,
+    scan: ScanResult,
+    files: Mapping[str, FileRecord],
+    images: list[ImageRecord],
+    remote: Mapping[str, RemoteImage] | None,
+) -> AccountView:
+    return AccountView(
+        account=account,
+        folder_state=scan.folder_state,
+        local=scan.files,
+        files=files,
+        images=images,
+        now=time.time(),
+        skips=scan.skips,
+        unsure=[*scan.unsettled, *(e.path for e in scan.errors)],
+        scan_complete=not scan.incomplete,
+        remote=remote,
+    )
+
+
+async def _dry_run_check(rt: Runtime, plan: Plan, result: PassResult) -> None:
+    """A dry run still reads creatives, so its plan says which deletions would really happen."""
+    if not plan.deletions:
+        return
+    try:
+        fresh = await rt.channels[plan.account].read([d.hash for d in plan.deletions])
+    except GraphError:
+        return
+    result.in_use = {h for h, img in fresh.items() if img.in_use}
+

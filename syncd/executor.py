@@ -1,0 +1,271 @@
+"""Carries out one account's plan: manifest updates, uploads, then deletions.
+
+Uploads run `workers` at a time. The bytes uploaded are the bytes hashed: each upload re-reads
+the file and compares its MD5 with the plan's; a file changed since the scan is left for the
+next pass instead. Every POST is bracketed by an intent in the manifest (see manifest.py).
+Deletions re-read each image's creatives first and delete only what nothing uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from syncd.channel import AccountChannel
+from syncd.errors import AuthError, GraphError, PermanentError
+from syncd.filters import MAX_IMAGE_BYTES
+from syncd.hashing import read_and_hash
+from syncd.manifest import Manifest
+from syncd.models import (
+    FileRecord,
+    FileState,
+    ImageOrigin,
+    ImageRecord,
+    UploadIntent,
+    display_path,
+)
+from syncd.planner import Deletion, Plan, Upload, confirm_deletions, synced_record
+
+log = structlog.get_logger("syncd.executor")
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class PassReport:
+    """What one pass did for one account; the CLI, status and metrics read it."""
+
+    account: str
+    uploaded: int = 0
+    adopted: int = 0
+    uploaded_bytes: int = 0
+    linked: int = 0
+    deleted: int = 0
+    kept_in_use: int = 0
+    skipped: int = 0
+    waiting: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    delete_failed: list[tuple[str, str]] = field(default_factory=list)  # (hash, reason)
+    changed: list[str] = field(default_factory=list)  # paths that changed under the upload
+    guard: str | None = None
+    auth_failed: str | None = None
+    folder_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed (withheld deletions and files still waiting are not failures)."""
+        return not (self.failed or self.delete_failed or self.auth_failed or self.folder_error)
+
+
+@dataclass(slots=True)
+class UploadContext:
+    """What an upload needs to know besides the plan."""
+
+    root: Path
+    preexisting: set[str]  # hashes the remote had that the manifest did not map
+    intent_md5s: set[str]  # contents whose POST an earlier run started (so it was ours)
+    on_uploaded: Callable[[Upload], None] | None = None
+
+
+class Executor:
+    """Applies plans for one account through its channel and the manifest."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        channel: AccountChannel,
+        *,
+        workers: int,
+        clock: Clock = time.time,
+    ) -> None:
+        self._manifest = manifest
+        self._channel = channel
+        self._workers = workers
+        self._clock = clock
+        self.account = channel.account
+
+    def apply_records(self, plan: Plan) -> None:
+        """The manifest-only part of a plan: links, skips, forgotten rows, grace clocks."""
+        m = self._manifest
+        m.record_files([*plan.link, *plan.record])
+        m.forget_files(self.account, plan.forget)
+        m.drop_images(self.account, plan.stale)
+        m.set_gone(self.account, plan.start_grace, self._clock())
+        m.set_gone(self.account, plan.cancel_grace, None)
+        for record in plan.record:
+            log.info(
+                "file_skipped",
+                account=self.account,
+                path=display_path(record.path),
+                reason=record.last_error,
+            )
+        for record in plan.link:
+            log.debug(
+                "file_linked",
+                account=self.account,
+                path=display_path(record.path),
+                hash=record.remote_hash,
+            )
+
+    async def run(self, plan: Plan, ctx: UploadContext, report: PassReport) -> None:
+        """Apply the whole plan: records first, then uploads, then deletions."""
+        self.apply_records(plan)
+        report.linked += len(plan.link)
+        report.skipped += len(plan.record)
+        report.waiting = len(plan.waiting)
+        report.guard = plan.guard
+        if plan.guard:
+            log.error("deletions_withheld", account=self.account, reason=plan.guard)
+        await self.upload_all(plan.uploads, ctx, report)
+        if report.auth_failed is None:
+            await self.delete_due(plan.deletions, report)
+
+    async def upload_all(
+        self, uploads: Sequence[Upload], ctx: UploadContext, report: PassReport
+    ) -> None:
+        """Upload with `workers` tasks; an auth failure stops the rest of this account."""
+        queue: asyncio.Queue[Upload] = asyncio.Queue()
+        for up in uploads:
+            queue.put_nowait(up)
+
+        async def worker() -> None:
+            while report.auth_failed is None:
+                try:
+                    up = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                await self.upload_one(up, ctx, report)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(self._workers, len(uploads))):
+                group.create_task(worker())
+
+    async def upload_one(self, up: Upload, ctx: UploadContext, report: PassReport) -> None:
+        """Read, verify, POST and record one content."""
+        bound = log.bind(account=self.account, path=display_path(up.path))
+        try:
+            data, md5 = await read_and_hash(ctx.root / up.path, max_bytes=MAX_IMAGE_BYTES)
+        except OSError as exc:
+            bound.info("file_changed", reason=f"cannot read: {exc.strerror or exc}")
+            report.changed.append(up.path)
+            return
+        if md5 != up.md5:
+            # The file changed after it was hashed: upload nothing now, the next pass will.
+            bound.info("file_changed", reason="content changed since the scan")
+            report.changed.append(up.path)
+            return
+        intent = UploadIntent(self.account, up.md5, up.path, up.name, self._clock())
+        self._manifest.begin_upload(intent)
+        try:
+            uploaded = await self._channel.upload(up.name, data)
+        except AuthError as exc:
+            self._manifest.abandon_upload(self.account, up.md5)
+            report.auth_failed = exc.reason
+            return
+        except PermanentError as exc:
+            self._manifest.abandon_upload(self.account, up.md5)
+            self._fail(up, exc, FileState.FAILED, report)
+            return
+        except GraphError as exc:
+            # Transient or throttled past the retries: the POST may have reached Meta, so the
+            # intent stays; the next pass uploads again and gets the same hash.
+            self._fail(up, exc, FileState.PENDING, report)
+            return
+        origin = self._origin(uploaded.hash, up.md5, ctx)
+        image = ImageRecord(
+            self.account, uploaded.hash, up.md5, origin, self._clock(), name=uploaded.name
+        )
+        self._manifest.finish_upload(
+            image, [synced_record(self.account, f, uploaded.hash) for f in up.files]
+        )
+        report.uploaded += 1
+        report.uploaded_bytes += len(data)
+        if origin is ImageOrigin.ADOPTED:
+            report.adopted += 1
+        ctx.preexisting.discard(uploaded.hash)
+        bound.info("file_uploaded", hash=uploaded.hash, bytes=len(data), origin=origin.value)
+        if ctx.on_uploaded is not None:
+            ctx.on_uploaded(up)
+
+    def _origin(self, image_hash: str, md5: str, ctx: UploadContext) -> ImageOrigin:
+        if image_hash in ctx.preexisting and md5 not in ctx.intent_md5s:
+            return ImageOrigin.ADOPTED
+        return ImageOrigin.UPLOADED
+
+    def _fail(self, up: Upload, exc: GraphError, state: FileState, report: PassReport) -> None:
+        records = [
+            FileRecord(
+                self.account, f.path, f.size, f.mtime_ns, f.md5, state, None, exc.reason,
+                attempts=1,
+            )
+            for f in up.files
+        ]  # fmt: skip
+        self._manifest.record_files(records)
+        for f in up.files:
+            report.failed.append((f.path, exc.reason))
+        log.error(
+            "file_failed",
+            account=self.account,
+            path=display_path(up.path),
+            reason=exc.reason,
+            retry="when the file changes" if state is FileState.FAILED else "next pass",
+        )
+
+    async def delete_due(
+        self,
+        due: Sequence[Deletion],
+        report: PassReport,
+        still_gone: Callable[[Deletion], bool] | None = None,
+    ) -> None:
+        """Re-read the due images, delete what no creative uses, keep the rest for later."""
+        if not due:
+            return
+        try:
+            fresh = await self._channel.read([d.hash for d in due])
+        except GraphError as exc:
+            report.delete_failed.extend((d.hash, exc.reason) for d in due)
+            log.error("deletion_check_failed", account=self.account, reason=exc.reason)
+            return
+        delete, in_use, gone = confirm_deletions(due, fresh)
+        self._manifest.drop_images(self.account, _md5s(gone))
+        for d in in_use:
+            report.kept_in_use += 1
+            log.info("image_kept_in_use", account=self.account, hash=d.hash, name=d.name)
+        for d in delete:
+            if still_gone is not None and not still_gone(d):
+                continue
+            await self._delete_one(d, report)
+
+    async def _delete_one(self, d: Deletion, report: PassReport) -> None:
+        try:
+            await self._channel.delete(d.hash)
+        except PermanentError as exc:
+            # Meta's refusal for an image in use is undocumented: keep it, re-check later.
+            report.kept_in_use += 1
+            log.info("image_kept", account=self.account, hash=d.hash, reason=exc.reason)
+            return
+        except AuthError as exc:
+            report.auth_failed = exc.reason
+            return
+        except GraphError as exc:
+            report.delete_failed.append((d.hash, exc.reason))
+            log.error("image_delete_failed", account=self.account, hash=d.hash, reason=exc.reason)
+            return
+        self._manifest.drop_images(self.account, d.md5s)
+        report.deleted += 1
+        log.info(
+            "image_deleted",
+            account=self.account,
+            hash=d.hash,
+            name=d.name,
+            gone_for=round(self._clock() - d.gone_since, 1),
+        )
+
+
+def _md5s(deletions: Iterable[Deletion]) -> list[str]:
+    return [m for d in deletions for m in d.md5s]

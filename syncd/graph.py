@@ -1,0 +1,266 @@
+"""The Graph API client: one request in, one result or one classified `GraphError` out.
+
+It knows HTTP and Meta's response shapes, nothing about rate limits or retries (the account
+channel adds those). The token only ever travels in the `Authorization` header; error messages
+are built from Meta's answer and the exception type, never from request details, so nothing
+this module raises can carry the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from syncd.errors import (
+    GraphError,
+    PermanentError,
+    TransientError,
+    classify,
+    parse_error_body,
+)
+from syncd.models import RemoteImage
+from syncd.secrets import Token, appsecret_proof
+from syncd.usage import parse_usage
+
+MAX_NAME = 100  # Meta's limit on an image name
+HASHES_PER_READ = 50  # hashes per `hashes=` read, to keep URLs short
+LIST_PAGE = 500
+MAX_BODY = 8 * 1024 * 1024  # a Graph answer bigger than this is a proxy's garbage
+LIST_FIELDS = "hash,name,status,created_time"
+CHECK_FIELDS = "hash,status,creatives,is_associated_creatives_in_adgroups"
+
+HeadersObserver = Callable[[str, Mapping[str, str]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded:
+    """What an upload answered: the hash to record, and the name Meta stored."""
+
+    hash: str
+    name: str
+
+
+def upload_name(path: str) -> str:
+    """The filename sent for a file: its base name, printable, at most 100 characters.
+
+    The extension is kept because Meta rejects names without one; an over-long stem is cut.
+    """
+    base = path.rsplit("/", 1)[-1]
+    clean = "".join(
+        "_" if (0xD800 <= ord(ch) <= 0xDFFF or not ch.isprintable() or ch in '"\\') else ch
+        for ch in base
+    )
+    if len(clean) <= MAX_NAME:
+        return clean
+    stem, dot, ext = clean.rpartition(".")
+    if not dot or len(ext) >= MAX_NAME - 1:
+        return clean[:MAX_NAME]
+    return stem[: MAX_NAME - len(ext) - 1] + "." + ext
+
+
+class GraphClient:
+    """Calls the adimages edge of one Graph API endpoint with one token."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        api_version: str,
+        token: Token,
+        app_secret: Token | None = None,
+        timeout: float = 60.0,
+        on_headers: HeadersObserver | None = None,
+    ) -> None:
+        self._session = session
+        self._root = f"{base_url.rstrip('/')}/{api_version}"
+        self._headers = {"Authorization": f"Bearer {token.reveal()}"}
+        self._proof = appsecret_proof(token, app_secret) if app_secret else None
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 15.0))
+        self._on_headers = on_headers
+
+    async def check_account(self, account: str) -> dict[str, Any]:
+        """Read the account node: proves the token works for it before anything else."""
+        body = await self._request("GET", account, "", {"fields": "id,account_id,name"})
+        return body
+
+    async def upload(self, account: str, name: str, data: bytes) -> Uploaded:
+        """POST one image as a multipart file part whose filename carries the extension."""
+        form = aiohttp.FormData()
+        form.add_field("filename", data, filename=name, content_type="application/octet-stream")
+        body = await self._request("POST", account, "/adimages", None, data=form)
+        return _uploaded_from(body)
+
+    async def list_page(
+        self, account: str, after: str | None = None, fields: str = LIST_FIELDS
+    ) -> tuple[list[RemoteImage], str | None]:
+        """One page of the account's images and the cursor of the next page (None at the end)."""
+        params: dict[str, str] = {"fields": fields, "limit": str(LIST_PAGE)}
+        if after is not None:
+            params["after"] = after
+        body = await self._request("GET", account, "/adimages", params)
+        return _images_from(body), _next_cursor(body)
+
+    async def read_hashes(
+        self, account: str, hashes: Sequence[str], fields: str = CHECK_FIELDS
+    ) -> list[RemoteImage]:
+        """The named images (at most HASHES_PER_READ); hashes the API does not know are absent."""
+        if len(hashes) > HASHES_PER_READ:
+            raise ValueError(f"at most {HASHES_PER_READ} hashes per read")
+        params = {"fields": fields, "hashes": json.dumps(list(hashes)), "limit": str(len(hashes))}
+        body = await self._request("GET", account, "/adimages", params)
+        return _images_from(body)
+
+    async def delete_image(self, account: str, image_hash: str) -> None:
+        """DELETE by hash; Meta answers `{"success": true}`."""
+        body = await self._request("DELETE", account, "/adimages", {"hash": image_hash})
+        if body.get("success") is not True:
+            raise TransientError("delete answered without success")
+
+    async def _request(
+        self,
+        method: str,
+        account: str,
+        edge: str,
+        params: Mapping[str, str] | None,
+        data: aiohttp.FormData | None = None,
+    ) -> dict[str, Any]:
+        url = f"{self._root}/act_{account}{edge}"
+        query = dict(params or {})
+        if self._proof:
+            query["appsecret_proof"] = self._proof
+        try:
+            async with self._session.request(
+                method, url, params=query, data=data, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                self._observe(account, resp.headers)
+                raw = await _read_limited(resp)
+                return _decode(resp.status, resp.headers, raw, account)
+        except GraphError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            # The message names the exception type only: aiohttp's own text can quote the
+            # request (URL, headers), and a proxy's can quote anything.
+            raise TransientError(f"network error: {_describe(exc)}") from None
+
+    def _observe(self, account: str, headers: CIMultiDictProxy[str]) -> None:
+        if self._on_headers is not None:
+            self._on_headers(account, headers)
+
+
+async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
+    declared = resp.content_length
+    if declared is not None and declared > MAX_BODY:
+        raise TransientError(f"answer too large ({declared} bytes)", status=resp.status)
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_chunked(65536):
+        total += len(chunk)
+        if total > MAX_BODY:
+            raise TransientError("answer too large", status=resp.status)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(status: int, headers: Mapping[str, str], raw: bytes, account: str) -> dict[str, Any]:
+    """Turn an HTTP answer into a JSON object, or raise the one error it stands for."""
+    try:
+        payload: object = json.loads(raw) if raw else None
+    except (ValueError, RecursionError):
+        payload = None
+    if 200 <= status < 300:
+        if isinstance(payload, dict) and "error" not in payload:
+            return payload
+        if payload is None:
+            raise TransientError("answer is not JSON", status=status)
+    body = parse_error_body(payload)
+    error = classify(status, body, _retry_after(headers, account))
+    raise error
+
+
+def _retry_after(headers: Mapping[str, str], account: str) -> float | None:
+    """How long the API asks us to wait: usage headers first, then `Retry-After`."""
+    usage = parse_usage(headers, account)
+    if usage.regain_seconds:
+        return usage.regain_seconds
+    value = headers.get("Retry-After")
+    if value:
+        try:
+            seconds = float(value)
+        except ValueError:
+            return None
+        if 0 <= seconds < 86400:
+            return seconds
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.os_error.strerror or type(exc.os_error).__name__})"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{type(exc).__name__} ({os.strerror(exc.errno)})"
+    return type(exc).__name__
+
+
+def _uploaded_from(body: Mapping[str, Any]) -> Uploaded:
+    images = body.get("images")
+    if not isinstance(images, dict) or len(images) != 1:
+        raise TransientError("upload answer has no single image entry")
+    # Take the entry, not the key: the key is the part's filename, or "bytes".
+    entry = next(iter(images.values()))
+    image_hash = entry.get("hash") if isinstance(entry, dict) else None
+    if not isinstance(image_hash, str) or not image_hash:
+        raise TransientError("upload answer has no hash")
+    name = entry.get("name")
+    return Uploaded(hash=image_hash, name=name if isinstance(name, str) else "")
+
+
+def _images_from(body: Mapping[str, Any]) -> list[RemoteImage]:
+    data = body.get("data")
+    if not isinstance(data, list):
+        raise PermanentError("listing answer has no data list")
+    return [image for item in data if (image := _image(item)) is not None]
+
+
+def _image(item: object) -> RemoteImage | None:
+    if not isinstance(item, dict):
+        return None
+    image_hash = item.get("hash")
+    if not isinstance(image_hash, str) or not image_hash:
+        return None
+    creatives = item.get("creatives")
+    creative_ids = (
+        tuple(str(c) for c in creatives if isinstance(c, str | int))
+        if isinstance(creatives, list)
+        else ()
+    )
+    return RemoteImage(
+        hash=image_hash,
+        name=_text(item.get("name")),
+        status=_text(item.get("status")) or "ACTIVE",
+        creatives=creative_ids,
+        in_adgroups=item.get("is_associated_creatives_in_adgroups") is True,
+        created_time=_text(item.get("created_time")),
+    )
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _next_cursor(body: Mapping[str, Any]) -> str | None:
+    paging = body.get("paging")
+    if not isinstance(paging, dict) or not paging.get("next"):
+        return None
+    cursors = paging.get("cursors")
+    after = cursors.get("after") if isinstance(cursors, dict) else None
+    return after if isinstance(after, str) and after else None

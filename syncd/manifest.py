@@ -1,0 +1,359 @@
+"""The manifest: what syncd knows of every local file and every image it uploaded.
+
+One `SqliteManifest` owns the one SQLite connection of the process. Every change is one
+transaction, so a `kill -9` leaves either the state before or after it. Paths are stored as the
+raw file-name bytes (BLOB), so names that are not valid UTF-8 survive the round trip.
+
+The upload intent protocol makes crashes harmless: `begin_upload` is committed before the POST,
+`finish_upload` records the hash, the files and removes the intent in one transaction. An intent
+found at start-up means a POST may have happened without its answer being recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from syncd.errors import ManifestError
+from syncd.models import FileRecord, FileState, ImageOrigin, ImageRecord, UploadIntent
+
+SCHEMA_VERSION = 1
+
+# Each entry migrates from version i to i+1; never edit one that has shipped, add another.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE files (
+        account TEXT NOT NULL,
+        path BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        md5 TEXT,
+        state TEXT NOT NULL,
+        remote_hash TEXT,
+        last_error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (account, path)
+    ) WITHOUT ROWID;
+    CREATE INDEX files_md5 ON files (account, md5);
+    CREATE TABLE images (
+        account TEXT NOT NULL,
+        md5 TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        uploaded_at REAL NOT NULL,
+        gone_since REAL,
+        name TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (account, md5)
+    );
+    CREATE INDEX images_hash ON images (account, hash);
+    CREATE TABLE intents (
+        account TEXT NOT NULL,
+        md5 TEXT NOT NULL,
+        path BLOB NOT NULL,
+        upload_name TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        PRIMARY KEY (account, md5)
+    );
+    CREATE TABLE accounts (
+        account TEXT PRIMARY KEY,
+        last_scan REAL,
+        last_error TEXT
+    );
+    """,
+)
+
+
+class Manifest(Protocol):
+    """What the engine needs of a manifest; SQLite is the one backend today."""
+
+    def files(self, account: str) -> dict[str, FileRecord]: ...
+    def images(self, account: str) -> list[ImageRecord]: ...
+    def intents(self, account: str) -> list[UploadIntent]: ...
+    def record_files(self, records: Iterable[FileRecord]) -> None: ...
+    def forget_files(self, account: str, paths: Iterable[str]) -> None: ...
+    def begin_upload(self, intent: UploadIntent) -> None: ...
+    def abandon_upload(self, account: str, md5: str) -> None: ...
+    def finish_upload(self, image: ImageRecord, files: Sequence[FileRecord]) -> None: ...
+    def set_gone(self, account: str, md5s: Iterable[str], since: float | None) -> None: ...
+    def drop_images(self, account: str, md5s: Iterable[str]) -> None: ...
+    def note_scan(self, account: str, at: float, error: str | None) -> None: ...
+    def close(self) -> None: ...
+
+
+def _enc(path: str) -> bytes:
+    return os.fsencode(path)
+
+
+def _dec(raw: bytes | str) -> str:
+    return os.fsdecode(raw)
+
+
+class SqliteManifest:
+    """The SQLite manifest. Not thread-safe: one owner (the event loop's thread)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path | None, readonly: bool) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> SqliteManifest:
+        """Open (creating it unless read-only) and migrate; errors name the file and the cause."""
+        try:
+            if readonly:
+                if not path.exists():
+                    return cls.memory(readonly=True)
+                conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(path, isolation_level=None)
+            manifest = cls(conn, path, readonly)
+            manifest._prepare()
+        except (sqlite3.Error, OSError) as exc:
+            raise ManifestError(f"manifest {path}: {_sqlite_reason(exc)}") from None
+        return manifest
+
+    @classmethod
+    def memory(cls, *, readonly: bool = False) -> SqliteManifest:
+        """An empty in-memory manifest (tests; a dry run with no manifest file yet)."""
+        manifest = cls(sqlite3.connect(":memory:", isolation_level=None), None, False)
+        manifest._prepare()
+        manifest.readonly = readonly
+        return manifest
+
+    def _prepare(self) -> None:
+        conn = self._conn
+        conn.execute("PRAGMA busy_timeout = 5000")
+        if not self.readonly:
+            # WAL: readers (`syncd status`) never block the daemon; NORMAL sync is durable
+            # against a killed process, and a power loss can only forget the newest rows,
+            # which makes syncd re-upload (idempotent), never delete.
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        version = self._version()
+        if version > SCHEMA_VERSION:
+            raise ManifestError(
+                f"manifest {self.path}: schema version {version} is newer than this syncd "
+                f"understands ({SCHEMA_VERSION})"
+            )
+        if version < SCHEMA_VERSION:
+            if self.readonly:
+                raise ManifestError(f"manifest {self.path}: needs migrating; run syncd once")
+            self._migrate(version)
+
+    def _version(self) -> int:
+        row = self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_version'"
+        ).fetchone()
+        if row is None:
+            return 0
+        found = self._conn.execute("SELECT version FROM schema_version").fetchone()
+        return int(found[0]) if found else 0
+
+    def _migrate(self, version: int) -> None:
+        with self._tx() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            for script in MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            raise ManifestError("manifest opened read-only (dry run or status)")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise ManifestError(f"manifest {self.path}: {_sqlite_reason(exc)}") from None
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
+        try:
+            cursor = self._conn.execute(sql, args)
+            cursor.row_factory = sqlite3.Row
+            return cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise ManifestError(f"manifest {self.path}: {_sqlite_reason(exc)}") from None
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def accounts(self) -> list[str]:
+        """Every account the manifest has rows for."""
+        rows = self._query(
+            "SELECT account FROM files UNION SELECT account FROM images "
+            "UNION SELECT account FROM accounts ORDER BY account"
+        )
+        return [str(r[0]) for r in rows]
+
+    def files(self, account: str) -> dict[str, FileRecord]:
+        """The file rows of an account, by relative path."""
+        rows = self._query("SELECT * FROM files WHERE account = ?", (account,))
+        return {_dec(r["path"]): _file(r) for r in rows}
+
+    def images(self, account: str) -> list[ImageRecord]:
+        """The image rows of an account (one per local content)."""
+        rows = self._query("SELECT * FROM images WHERE account = ?", (account,))
+        return [_image(r) for r in rows]
+
+    def intents(self, account: str) -> list[UploadIntent]:
+        """Uploads that were started and never recorded (a crash, or a kill)."""
+        rows = self._query("SELECT * FROM intents WHERE account = ?", (account,))
+        return [
+            UploadIntent(
+                account=r["account"],
+                md5=r["md5"],
+                path=_dec(r["path"]),
+                upload_name=r["upload_name"],
+                started_at=r["started_at"],
+            )
+            for r in rows
+        ]
+
+    def last_scan(self, account: str) -> tuple[float | None, str | None]:
+        """When the account's folder was last fully scanned, and the last account-level error."""
+        rows = self._query("SELECT last_scan, last_error FROM accounts WHERE account = ?", (account,))
+        return (rows[0][0], rows[0][1]) if rows else (None, None)
+
+    # -- writes --------------------------------------------------------------------------
+
+    def record_files(self, records: Iterable[FileRecord]) -> None:
+        """Insert or replace file rows, all in one transaction."""
+        now = time.time()
+        rows = [
+            (
+                r.account, _enc(r.path), r.size, r.mtime_ns, r.md5, r.state.value,
+                r.remote_hash, r.last_error, r.attempts, now,
+            )
+            for r in records
+        ]  # fmt: skip
+        if not rows:
+            return
+        with self._tx() as conn:
+            conn.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def forget_files(self, account: str, paths: Iterable[str]) -> None:
+        """Remove the rows of files that are no longer in the folder."""
+        rows = [(account, _enc(p)) for p in paths]
+        if rows:
+            with self._tx() as conn:
+                conn.executemany("DELETE FROM files WHERE account = ? AND path = ?", rows)
+
+    def begin_upload(self, intent: UploadIntent) -> None:
+        """Record that a POST of this content is about to be sent."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?)",
+                (intent.account, intent.md5, _enc(intent.path), intent.upload_name,
+                 intent.started_at),
+            )  # fmt: skip
+
+    def abandon_upload(self, account: str, md5: str) -> None:
+        """The POST did not create an image (it failed, or was never sent)."""
+        with self._tx() as conn:
+            conn.execute("DELETE FROM intents WHERE account = ? AND md5 = ?", (account, md5))
+
+    def finish_upload(self, image: ImageRecord, files: Sequence[FileRecord]) -> None:
+        """Record the hash, the files that hold the content, and close the intent, atomically."""
+        now = time.time()
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO images VALUES (?,?,?,?,?,?,?)",
+                (image.account, image.md5, image.hash, image.origin.value, image.uploaded_at,
+                 image.gone_since, image.name),
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (f.account, _enc(f.path), f.size, f.mtime_ns, f.md5, f.state.value,
+                     f.remote_hash, f.last_error, f.attempts, now)
+                    for f in files
+                ],
+            )  # fmt: skip
+            conn.execute(
+                "DELETE FROM intents WHERE account = ? AND md5 = ?", (image.account, image.md5)
+            )
+
+    def set_gone(self, account: str, md5s: Iterable[str], since: float | None) -> None:
+        """Start (or, with None, cancel) the grace period of images no local file holds."""
+        rows = [(since, account, m) for m in md5s]
+        if rows:
+            with self._tx() as conn:
+                conn.executemany(
+                    "UPDATE images SET gone_since = ? WHERE account = ? AND md5 = ?", rows
+                )
+
+    def drop_images(self, account: str, md5s: Iterable[str]) -> None:
+        """Forget images that were deleted (by syncd, or by someone else remotely)."""
+        rows = [(account, m) for m in md5s]
+        if rows:
+            with self._tx() as conn:
+                conn.executemany("DELETE FROM images WHERE account = ? AND md5 = ?", rows)
+
+    def note_scan(self, account: str, at: float, error: str | None) -> None:
+        """Remember when an account was last scanned and its account-level error, if any."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO accounts VALUES (?,?,?) ON CONFLICT(account) DO UPDATE SET "
+                "last_scan = excluded.last_scan, last_error = excluded.last_error",
+                (account, at, error),
+            )
+
+    def integrity_ok(self) -> bool:
+        """`PRAGMA integrity_check` says ok."""
+        rows = self._query("PRAGMA integrity_check")
+        return [str(r[0]) for r in rows] == ["ok"]
+
+    def close(self) -> None:
+        """Close the connection (checkpointing the WAL)."""
+        self._conn.close()
+
+
+def _file(r: sqlite3.Row) -> FileRecord:
+    return FileRecord(
+        account=r["account"],
+        path=_dec(r["path"]),
+        size=r["size"],
+        mtime_ns=r["mtime_ns"],
+        md5=r["md5"],
+        state=FileState(r["state"]),
+        remote_hash=r["remote_hash"],
+        last_error=r["last_error"],
+        attempts=r["attempts"],
+    )
+
+
+def _image(r: sqlite3.Row) -> ImageRecord:
+    return ImageRecord(
+        account=r["account"],
+        hash=r["hash"],
+        md5=r["md5"],
+        origin=ImageOrigin(r["origin"]),
+        uploaded_at=r["uploaded_at"],
+        gone_since=r["gone_since"],
+        name=r["name"],
+    )
+
+
+def _sqlite_reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if "not a database" in text or "malformed" in text:
+        return f"{text} (the file is damaged: move it aside and run `syncd --reconcile` to rebuild)"
+    if "readonly" in text or "read-only" in text:
+        return f"{text} (the manifest or its directory is not writable)"
+    if "disk" in text and "full" in text:
+        return f"{text} (no space left for the manifest)"
+    return text

@@ -1,0 +1,362 @@
+"""The reconcile plan: a pure function from what is known to what must happen.
+
+Input is one account's local scan, its manifest rows, the remote listing and the time; output
+is the uploads, the manifest updates, the deletions that are due and the reasons anything is
+held back. No I/O, no clock: the executor carries the plan out, and the tests can feed it
+anything.
+
+The safety rules live here and only here:
+- an image is deleted only if syncd uploaded it (origin UPLOADED in the manifest),
+- only when no local file holds any content that maps to its hash,
+- only after `delete_grace_seconds` counted from when syncd first saw it gone,
+- never when the folder is missing, unreadable, looks unmounted, or was only partly read,
+- never more than `max_delete_fraction` of the account's images in one pass (unless allowed),
+- and, at execution time, never while a creative uses it (`confirm_deletions`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from syncd.graph import upload_name
+from syncd.models import (
+    FileRecord,
+    FileState,
+    FolderState,
+    ImageOrigin,
+    ImageRecord,
+    LocalFile,
+    RemoteImage,
+    Skip,
+    UploadIntent,
+)
+
+INTENT_CLOCK_SKEW = 300.0  # seconds of slack between our clock and Meta's created_time
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The deletion knobs of one pass."""
+
+    delete_grace_seconds: float
+    max_delete_fraction: float
+    allow_mass_delete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    """Everything the planner may look at for one account."""
+
+    account: str
+    folder_state: FolderState
+    local: Sequence[LocalFile]
+    files: Mapping[str, FileRecord]
+    images: Sequence[ImageRecord]
+    now: float
+    skips: Sequence[Skip] = ()
+    # Paths that exist but could not be read, or are still being written: whatever content
+    # the manifest last saw there still counts as held.
+    unsure: Sequence[str] = ()
+    scan_complete: bool = True  # False: a subfolder could not be listed
+    remote: Mapping[str, RemoteImage] | None = None  # None: the listing was not available
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One content to POST, and every local file that holds it."""
+
+    md5: str
+    files: tuple[LocalFile, ...]
+    name: str
+    adopt: bool = False  # the remote seems to have it already: the POST should return its hash
+
+    @property
+    def path(self) -> str:
+        return self.files[0].path
+
+    @property
+    def size(self) -> int:
+        return self.files[0].size
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """A remote image that is due for deletion, pending the creative check."""
+
+    hash: str
+    md5s: tuple[str, ...]
+    name: str
+    gone_since: float
+
+
+@dataclass(slots=True)
+class Plan:
+    """What one pass must do for one account."""
+
+    account: str
+    uploads: list[Upload] = field(default_factory=list)
+    link: list[FileRecord] = field(default_factory=list)  # files whose content has a hash
+    record: list[FileRecord] = field(default_factory=list)  # skipped or failed rows to write
+    forget: list[str] = field(default_factory=list)  # manifest rows of files no longer there
+    deletions: list[Deletion] = field(default_factory=list)
+    start_grace: list[str] = field(default_factory=list)  # md5s now gone, clock starts
+    cancel_grace: list[str] = field(default_factory=list)  # md5s back before their deletion
+    waiting: list[tuple[str, float]] = field(default_factory=list)  # (hash, seconds left)
+    kept: list[tuple[str, str]] = field(default_factory=list)  # (hash, why it is never deleted)
+    stale: list[str] = field(default_factory=list)  # md5s whose image the remote no longer has
+    unchanged_failures: list[str] = field(default_factory=list)  # paths not retried
+    guard: str | None = None  # why no deletion happens for this account in this pass
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to send to the Graph API."""
+        return not self.uploads and not self.deletions
+
+
+def plan_account(view: AccountView, policy: Policy) -> Plan:
+    """The plan for one account. Pure: same input, same plan."""
+    plan = Plan(account=view.account)
+    if view.folder_state is not FolderState.OK:
+        # Nothing can be learned from a folder we cannot see: no uploads, no forgetting,
+        # no grace clocks, no deletions.
+        plan.guard = f"folder {view.folder_state.value}"
+        return plan
+    live = _live_images(view, plan)
+    hash_of = {img.md5: img.hash for img in live}
+    _plan_files(view, hash_of, plan)
+    _plan_deletions(view, live, policy, plan)
+    return plan
+
+
+def _live_images(view: AccountView, plan: Plan) -> list[ImageRecord]:
+    """Manifest images the remote still has; the others are stale (deleted by someone)."""
+    if view.remote is None:
+        return list(view.images)
+    live: list[ImageRecord] = []
+    for image in view.images:
+        remote = view.remote.get(image.hash)
+        if remote is None or remote.status == "DELETED":
+            plan.stale.append(image.md5)
+        else:
+            live.append(image)
+    return live
+
+
+def _plan_files(view: AccountView, hash_of: Mapping[str, str], plan: Plan) -> None:
+    by_md5: dict[str, list[LocalFile]] = defaultdict(list)
+    for local in view.local:
+        by_md5[local.md5].append(local)
+    remote_names = _unclaimed_remote_names(view, hash_of)
+    for md5, holders in sorted(by_md5.items()):
+        holders.sort(key=lambda f: f.path)
+        image_hash = hash_of.get(md5)
+        if image_hash is not None:
+            plan.link.extend(_changed_links(view, holders, image_hash))
+        elif _failed_unchanged(view, holders):
+            plan.unchanged_failures.extend(f.path for f in holders)
+        else:
+            name = upload_name(holders[0].path)
+            plan.uploads.append(Upload(md5, tuple(holders), name, adopt=name in remote_names))
+    for skip in view.skips:
+        row = view.files.get(skip.path)
+        if row is None or row.state is not FileState.SKIPPED or row.last_error != skip.reason:
+            plan.record.append(_skip_record(view.account, skip))
+    if view.scan_complete:
+        present = {f.path for f in view.local} | {s.path for s in view.skips} | set(view.unsure)
+        plan.forget.extend(sorted(p for p in view.files if p not in present))
+
+
+def _unclaimed_remote_names(view: AccountView, hash_of: Mapping[str, str]) -> set[str]:
+    if view.remote is None:
+        return set()
+    known = set(hash_of.values())
+    return {img.name for img in view.remote.values() if img.hash not in known and img.name}
+
+
+def _changed_links(
+    view: AccountView, holders: Iterable[LocalFile], image_hash: str
+) -> list[FileRecord]:
+    """Synced rows for these files, only where the manifest does not already say so."""
+    out: list[FileRecord] = []
+    for f in holders:
+        row = view.files.get(f.path)
+        if (
+            row is not None
+            and row.state is FileState.SYNCED
+            and row.remote_hash == image_hash
+            and (row.size, row.mtime_ns, row.md5) == (f.size, f.mtime_ns, f.md5)
+        ):
+            continue
+        out.append(synced_record(view.account, f, image_hash))
+    return out
+
+
+def _failed_unchanged(view: AccountView, holders: Sequence[LocalFile]) -> bool:
+    """A permanent failure is not retried until the file changes (size, mtime or content)."""
+    for f in holders:
+        row = view.files.get(f.path)
+        if row is None or row.state is not FileState.FAILED:
+            return False
+        if (row.size, row.mtime_ns, row.md5) != (f.size, f.mtime_ns, f.md5):
+            return False
+    return True
+
+
+def _plan_deletions(
+    view: AccountView, live: Sequence[ImageRecord], policy: Policy, plan: Plan
+) -> None:
+    held = {f.md5 for f in view.local}
+    held.update(row.md5 for p in view.unsure if (row := view.files.get(p)) and row.md5)
+    by_hash: dict[str, list[ImageRecord]] = defaultdict(list)
+    for image in live:
+        by_hash[image.hash].append(image)
+    due: list[Deletion] = []
+    for image_hash, rows in sorted(by_hash.items()):
+        if any(r.md5 in held for r in rows):
+            plan.cancel_grace.extend(r.md5 for r in rows if r.gone_since is not None)
+            continue
+        if not view.scan_complete:
+            continue  # a partial walk cannot tell that a file is gone
+        if any(r.origin is not ImageOrigin.UPLOADED for r in rows):
+            plan.kept.append((image_hash, "not uploaded by syncd (adopted)"))
+            continue
+        deletion = _due(view, rows, policy, plan)
+        if deletion is not None:
+            due.append(deletion)
+    _guard(view, by_hash, due, policy, plan)
+
+
+def _due(
+    view: AccountView, rows: Sequence[ImageRecord], policy: Policy, plan: Plan
+) -> Deletion | None:
+    starts = [r.gone_since for r in rows if r.gone_since is not None]
+    fresh = [r.md5 for r in rows if r.gone_since is None]
+    plan.start_grace.extend(fresh)
+    since = min(starts) if starts else view.now
+    left = since + policy.delete_grace_seconds - view.now
+    if left > 0:
+        plan.waiting.append((rows[0].hash, left))
+        return None
+    md5s = tuple(sorted(r.md5 for r in rows))
+    return Deletion(rows[0].hash, md5s, rows[0].name, since)
+
+
+def _guard(
+    view: AccountView,
+    by_hash: Mapping[str, Sequence[ImageRecord]],
+    due: list[Deletion],
+    policy: Policy,
+    plan: Plan,
+) -> None:
+    if not view.scan_complete:
+        plan.guard = "part of the folder could not be read"
+    elif due and not policy.allow_mass_delete:
+        total = sum(
+            1 for rows in by_hash.values() if all(r.origin is ImageOrigin.UPLOADED for r in rows)
+        )
+        nothing_local = not view.local and not view.skips and not view.unsure
+        if nothing_local:
+            plan.guard = "folder is empty (looks unmounted)"
+        elif len(due) > policy.max_delete_fraction * total:
+            plan.guard = (
+                f"would delete {len(due)} of {total} images, more than "
+                f"max_delete_fraction={policy.max_delete_fraction:g}"
+            )
+    if plan.guard is None:
+        plan.deletions = due
+
+
+def confirm_deletions(
+    due: Sequence[Deletion], fresh: Mapping[str, RemoteImage]
+) -> tuple[list[Deletion], list[Deletion], list[Deletion]]:
+    """Split due deletions by a fresh read of their images: (delete, in use, already gone)."""
+    delete: list[Deletion] = []
+    in_use: list[Deletion] = []
+    gone: list[Deletion] = []
+    for deletion in due:
+        remote = fresh.get(deletion.hash)
+        if remote is None or remote.status == "DELETED":
+            gone.append(deletion)
+        elif remote.in_use:
+            in_use.append(deletion)
+        else:
+            delete.append(deletion)
+    return delete, in_use, gone
+
+
+def claim_intents(
+    intents: Sequence[UploadIntent],
+    held: set[str],
+    remote: Mapping[str, RemoteImage] | None,
+    known_hashes: set[str],
+) -> tuple[list[tuple[UploadIntent, RemoteImage]], list[UploadIntent]]:
+    """Resolve uploads a crash interrupted, from the remote listing, without guessing.
+
+    An intent whose content is still local is left alone: the plan uploads it again and the
+    content-addressed API answers with the same hash. For content no longer local, an image
+    named as the intent's upload and created after it started is the one our POST made:
+    it is claimed (and its grace starts). Anything else is dropped.
+    Returns (claimed, dropped).
+    """
+    claimed: list[tuple[UploadIntent, RemoteImage]] = []
+    dropped: list[UploadIntent] = []
+    for intent in intents:
+        if intent.md5 in held:
+            continue
+        match = _intent_match(intent, remote, known_hashes)
+        if match is None:
+            dropped.append(intent)
+        else:
+            claimed.append((intent, match))
+    return claimed, dropped
+
+
+def _intent_match(
+    intent: UploadIntent, remote: Mapping[str, RemoteImage] | None, known: set[str]
+) -> RemoteImage | None:
+    if remote is None:
+        return None
+    found = [
+        img
+        for img in remote.values()
+        if img.name == intent.upload_name
+        and img.hash not in known
+        and _created_after(img.created_time, intent.started_at - INTENT_CLOCK_SKEW)
+    ]
+    return found[0] if len(found) == 1 else None
+
+
+def _created_after(created_time: str, threshold: float) -> bool:
+    try:
+        created = datetime.strptime(created_time, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except ValueError:
+        return False
+    return created >= threshold
+
+
+def synced_record(account: str, f: LocalFile, image_hash: str) -> FileRecord:
+    """The manifest row of a file whose content maps to `image_hash`."""
+    return FileRecord(
+        account=account,
+        path=f.path,
+        size=f.size,
+        mtime_ns=f.mtime_ns,
+        md5=f.md5,
+        state=FileState.SYNCED,
+        remote_hash=image_hash,
+    )
+
+
+def _skip_record(account: str, skip: Skip) -> FileRecord:
+    return FileRecord(
+        account=account,
+        path=skip.path,
+        size=skip.size,
+        mtime_ns=skip.mtime_ns,
+        md5=None,
+        state=FileState.SKIPPED,
+        last_error=skip.reason,
+    )
