@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from syncd import __version__
 from syncd.config import Config, config_path_from, load_config
 from syncd.errors import ConfigError, ManifestError
-from syncd.logs import configure_logging
+from syncd.logs import configure_logging, get_logger
 from syncd.reconcile import EXIT_FAILED, EXIT_USAGE, missing_folders, run_reconcile
-from syncd.secrets import Redactor, Secrets, load_secrets
+from syncd.secrets import Secrets, load_secrets
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,13 +94,12 @@ def _load(arg: str | None) -> Config:
 
 def _secrets_and_logs(config: Config, to_stderr: bool) -> Secrets:
     secrets = load_secrets(config.graph, os.environ)
-    redactor = Redactor(secrets.token.reveal())
-    if secrets.app_secret is not None:
-        redactor.add(secrets.app_secret.reveal())
     stream = sys.stderr if to_stderr else sys.stdout
     configure_logging(
-        level=config.log.level, fmt=config.log.format, stream=stream, redactor=redactor
+        level=config.log.level, fmt=config.log.format, stream=stream, redactor=secrets.redactor()
     )
+    for warning in secrets.warnings:
+        get_logger("syncd.secrets").warning("secret_file_permissions", detail=warning)
     return secrets
 
 

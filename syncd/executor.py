@@ -88,6 +88,9 @@ class Executor:
         self._workers = workers
         self._clock = clock
         self.account = channel.account
+        # Contents being uploaded right now: a second file with the same content (or a rescan
+        # racing a live event) waits for that upload and links to its hash instead of POSTing.
+        self._inflight: dict[str, asyncio.Future[None]] = {}
 
     def apply_records(self, plan: Plan) -> None:
         """The manifest-only part of a plan: links, skips, forgotten rows, grace clocks."""
@@ -146,6 +149,28 @@ class Executor:
                 group.create_task(worker())
 
     async def upload_one(self, up: Upload, ctx: UploadContext, report: PassReport) -> None:
+        """Upload one content once: concurrent requests for it share one POST."""
+        while (pending := self._inflight.get(up.md5)) is not None:
+            await asyncio.shield(pending)
+        existing = self._manifest.image_for_md5(self.account, up.md5)
+        if existing is not None:
+            self.link(up, existing.hash)
+            report.linked += len(up.files)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inflight[up.md5] = done
+        try:
+            await self._post(up, ctx, report)
+        finally:
+            del self._inflight[up.md5]
+            done.set_result(None)
+
+    def link(self, up: Upload, image_hash: str) -> None:
+        """Record files whose content already has a hash; their content is no longer gone."""
+        self._manifest.record_files(synced_record(self.account, f, image_hash) for f in up.files)
+        self._manifest.set_gone(self.account, [up.md5], None)
+
+    async def _post(self, up: Upload, ctx: UploadContext, report: PassReport) -> None:
         """Read, verify, POST and record one content."""
         bound = log.bind(account=self.account, path=display_path(up.path))
         try:

@@ -80,6 +80,7 @@ class Manifest(Protocol):
     def begin_upload(self, intent: UploadIntent) -> None: ...
     def abandon_upload(self, account: str, md5: str) -> None: ...
     def finish_upload(self, image: ImageRecord, files: Sequence[FileRecord]) -> None: ...
+    def image_for_md5(self, account: str, md5: str) -> ImageRecord | None: ...
     def set_gone(self, account: str, md5s: Iterable[str], since: float | None) -> None: ...
     def drop_images(self, account: str, md5s: Iterable[str]) -> None: ...
     def note_scan(self, account: str, at: float, error: str | None) -> None: ...
@@ -223,6 +224,36 @@ class SqliteManifest:
             for r in rows
         ]
 
+    def file(self, account: str, path: str) -> FileRecord | None:
+        """One file row, or None."""
+        rows = self._query(
+            "SELECT * FROM files WHERE account = ? AND path = ?", (account, _enc(path))
+        )
+        return _file(rows[0]) if rows else None
+
+    def files_under(self, account: str, prefix: str) -> list[FileRecord]:
+        """The rows of files inside the folder `prefix` (relative, no trailing slash)."""
+        low = _enc(prefix + "/")
+        high = _enc(prefix + "0")  # "0" sorts right after "/": every path under the prefix
+        rows = self._query(
+            "SELECT * FROM files WHERE account = ? AND path >= ? AND path < ?",
+            (account, low, high),
+        )
+        return [_file(r) for r in rows]
+
+    def paths_with_md5(self, account: str, md5: str) -> list[str]:
+        """Every recorded file that holds this content."""
+        rows = self._query(
+            "SELECT path FROM files WHERE account = ? AND md5 = ? AND state != 'skipped'",
+            (account, md5),
+        )
+        return [_dec(r[0]) for r in rows]
+
+    def image_for_md5(self, account: str, md5: str) -> ImageRecord | None:
+        """The image this content was uploaded as, if any."""
+        rows = self._query("SELECT * FROM images WHERE account = ? AND md5 = ?", (account, md5))
+        return _image(rows[0]) if rows else None
+
     def last_scan(self, account: str) -> tuple[float | None, str | None]:
         """When the account's folder was last fully scanned, and the last account-level error."""
         rows = self._query("SELECT last_scan, last_error FROM accounts WHERE account = ?", (account,))
@@ -244,6 +275,23 @@ class SqliteManifest:
             return
         with self._tx() as conn:
             conn.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def move_files(self, account: str, moves: Iterable[tuple[FileRecord, str]]) -> None:
+        """Re-key rows to their new paths (a rename inside the folder), atomically."""
+        now = time.time()
+        rows = list(moves)
+        if not rows:
+            return
+        with self._tx() as conn:
+            for r, dest in rows:
+                conn.execute(
+                    "DELETE FROM files WHERE account = ? AND path = ?", (account, _enc(r.path))
+                )
+                conn.execute(
+                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (account, _enc(dest), r.size, r.mtime_ns, r.md5, r.state.value,
+                     r.remote_hash, r.last_error, r.attempts, now),
+                )  # fmt: skip
 
     def forget_files(self, account: str, paths: Iterable[str]) -> None:
         """Remove the rows of files that are no longer in the folder."""
