@@ -100,6 +100,7 @@ class PassResult:
     plan: Plan | None = None
     skips: list[tuple[str, str]] = field(default_factory=list)
     in_use: set[str] = field(default_factory=set)  # due deletions a creative still uses
+    unsettled: list[str] = field(default_factory=list)  # files still being written
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +168,7 @@ async def _one_pass(rt: Runtime, acct: AccountConfig, opts: PassOptions, result:
     plan = plan_account(view, policy_for(rt.config, opts.allow_mass_delete))
     result.plan = plan
     result.skips = [(s.path, s.reason) for s in scan.skips]
+    result.unsettled = list(scan.unsettled)
     if opts.on_planned is not None:
         opts.on_planned(plan)
     if opts.dry_run:

@@ -93,7 +93,9 @@ class GraphClient:
 
     async def upload(self, account: str, name: str, data: bytes) -> Uploaded:
         """POST one image as a multipart file part whose filename carries the extension."""
-        form = aiohttp.FormData()
+        # Raw UTF-8 filenames (RFC 7578), not aiohttp's default percent-encoding, which Meta
+        # would store literally as the image name ("caf%C3%A9.jpg").
+        form = aiohttp.FormData(quote_fields=False)
         form.add_field("filename", data, filename=name, content_type="application/octet-stream")
         body = await self._request("POST", account, "/adimages", None, data=form)
         return _uploaded_from(body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from syncd.emulator import EmulatorThread
+from syncd.emulator import EmulatorThread, Faults
 
 TOKEN = "EAAB-test-token-Zx9Q7-do-not-leak"
 ACCOUNT = "1234567890"
@@ -133,6 +134,39 @@ class SyncEnv:
                 return conn.execute(query, args).fetchall()
         finally:
             conn.close()
+
+
+def set_tokens(emu: EmulatorThread, valid: set[str]) -> None:
+    """Only these tokens are valid from now on."""
+
+    def apply() -> None:
+        emu.state.config.valid_tokens = frozenset(valid)
+
+    emu.call(apply)
+
+
+def set_faults(emu: EmulatorThread, **changes: Any) -> None:
+    """Change the emulator's fault injection (re-seeded, so runs repeat)."""
+
+    def apply() -> None:
+        faults: Faults = dataclasses.replace(emu.state.config.faults, **changes)
+        emu.state.config.faults = faults
+        emu.state.faults.configure(faults)
+
+    emu.call(apply)
+
+
+def throttle(emu: EmulatorThread, account: str, seconds: float) -> None:
+    """A throttling storm: every call for the account is answered 80004 for `seconds`."""
+
+    def apply() -> None:
+        storms = dict(emu.state.config.faults.throttle_accounts)
+        storms[account] = emu.state.clock() + seconds
+        faults = dataclasses.replace(emu.state.config.faults, throttle_accounts=storms)
+        emu.state.config.faults = faults
+        emu.state.faults.faults = faults  # keep the seeded sequence going
+
+    emu.call(apply)
 
 
 def _toml(value: Any) -> str:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ACCOUNT, ACCOUNT_B, TOKEN, SyncEnv
+from conftest import ACCOUNT, ACCOUNT_B, TOKEN, SyncEnv, set_faults, set_tokens, throttle
 from images import gif_bytes, jpeg_bytes, png_bytes, write_image
 
 pytestmark = pytest.mark.e2e
@@ -122,11 +122,13 @@ def test_in_use_image_kept_then_deleted_when_free(env: SyncEnv) -> None:
 def test_images_syncd_did_not_upload_are_never_deleted(env: SyncEnv) -> None:
     foreign = env.emu.call(env.emu.state.upload, ACCOUNT, "foreign.png", png_bytes(99))
     (env.folder() / "mine.jpg").write_bytes(jpeg_bytes(1))
+    (env.folder() / "stays.jpg").write_bytes(jpeg_bytes(2))
     assert env.reconcile().code == 0
     (env.folder() / "mine.jpg").unlink()
-    assert env.reconcile().code == 0
+    result = env.reconcile()
+    assert result.code == 0, result.output
     remaining = {i["hash"] for i in env.images()}
-    foreign_hash = next(iter(foreign["images"].values()))["hash"]
+    foreign_hash = foreign["hash"]
     assert foreign_hash in remaining
     assert len(env.requests("DELETE")) == 1  # only syncd's own image
 
@@ -220,7 +222,7 @@ def test_bad_inputs_skipped_with_reasons_while_good_files_sync(env: SyncEnv, tmp
 
 
 def test_invalid_token_exits_3_after_few_requests(env: SyncEnv) -> None:
-    env.emu.call(env.emu.state.configure_tokens, frozenset({"the-only-valid-token"}))
+    set_tokens(env.emu, {"the-only-valid-token"})
     populate(env.folder())
     result = env.reconcile()
     assert result.code == 3, result.output
@@ -232,7 +234,7 @@ def test_token_never_appears_anywhere(env: SyncEnv) -> None:
     populate(env.folder())
     (env.folder() / "bad.png").write_bytes(png_bytes(1)[:30])
     runs = [env.reconcile(), env.reconcile("--dry-run"), env.run("status"), env.run("status", "--json")]
-    env.emu.call(env.emu.state.configure_tokens, frozenset({"another"}))
+    set_tokens(env.emu, {"another"})
     runs.append(env.reconcile())
     for run in runs:
         assert TOKEN not in run.output
@@ -247,7 +249,7 @@ def test_throttled_account_does_not_slow_another(env: SyncEnv) -> None:
     for i in range(6):
         write_image(env.folder() / f"a{i}.png", "png", i)
         write_image(folder_b / f"b{i}.png", "png", 100 + i)
-    env.emu.call(env.emu.state.throttle, ACCOUNT, 120.0)
+    throttle(env.emu, ACCOUNT, 120.0)
     env.write_config()
     import subprocess
     import sys
@@ -273,11 +275,11 @@ def test_throttled_account_does_not_slow_another(env: SyncEnv) -> None:
 
 
 def test_transient_faults_still_converge(env: SyncEnv) -> None:
-    env.emu.call(env.emu.state.set_faults, 0.15, 0.0, 11)
+    set_faults(env.emu, error_rate=0.15, seed=11)
     for i in range(20):
         write_image(env.folder() / f"f{i}.png", "png", i)
     result = env.reconcile(timeout=120)
-    env.emu.call(env.emu.state.set_faults, 0.0, 0.0, 0)
+    set_faults(env.emu, error_rate=0.0)
     if result.code != 0:  # a file whose retries all failed stays pending: the next run finishes
         assert env.reconcile().code == 0
     images = env.images()

@@ -1,0 +1,415 @@
+"""One account in the long-running daemon: watch, settle, upload, and delete after the grace.
+
+Data flows one way: watcher -> settle tracker -> bounded work queue -> workers (channel ->
+Graph) -> manifest. Full passes (start-up, rescans, lost events, SIGHUP) reuse the reconcile
+engine; between them, file-system events are handled one path at a time. The manifest is the
+daemon's model of the folder: a deleted file's row goes, and when no row holds its content any
+more the image's grace clock starts; the deletion sweep re-checks everything before deleting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from syncd.config import AccountConfig
+from syncd.engine import PassOptions, Runtime, policy_for, sync_account
+from syncd.executor import PassReport, UploadContext
+from syncd.graph import upload_name
+from syncd.models import FileRecord, FileState, FolderState, LocalFile, display_path
+from syncd.planner import AccountView, Deletion, Upload, plan_account
+from syncd.scanner import Known, examine_paths, folder_state
+from syncd.settle import SettleTracker
+from syncd.watcher import Change, ChangeKind, FolderWatcher
+
+log = structlog.get_logger("syncd.daemon")
+
+QUEUE_FACTOR = 4  # work queue length per worker: enough to keep workers busy, bounded
+SWEEP_RECHECK_SECONDS = 600.0  # images kept because a creative uses them are looked at again
+# Deletion events arrive one file at a time (`rm -r` on a share, a folder being unmounted):
+# the sweep waits for them to stop so the mass-deletion guard judges the whole burst at once.
+SWEEP_QUIET_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class Counters:
+    """Running totals for STATUS=, metrics and the shutdown summary."""
+
+    uploaded: int = 0
+    deleted: int = 0
+    failed: int = 0
+    skipped: int = 0
+    passes: int = 0
+    last_complete_scan: float | None = None
+
+
+class AccountDaemon:
+    """Keeps one account's folder in sync until stopped."""
+
+    def __init__(self, rt: Runtime, acct: AccountConfig, on_report: Callable[[PassReport], None]):
+        self.rt = rt
+        self.acct = acct
+        self.account = acct.id
+        self.counters = Counters()
+        self.stopped_for_auth: str | None = None
+        self._on_report = on_report
+        sync = rt.config.sync
+        self._settle = SettleTracker(sync.settle_seconds)
+        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=sync.workers * QUEUE_FACTOR)
+        self._queued: set[str] = set()
+        self._wake_settle = asyncio.Event()
+        self._wake_sweep = asyncio.Event()
+        self._rescan = asyncio.Event()
+        self._dirty: set[str] = set()
+        self._folder_ok = True
+        self._last_gone = 0.0
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._watcher = FolderWatcher(
+            acct.folder, sync.observer, self._on_change, poll_interval=sync.poll_interval_seconds
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, first_scan_started: asyncio.Event) -> None:
+        """Check the token, start watching, run the start-up pass, then follow events."""
+        await self._watcher.start()
+        if self._watcher.mode == "polling":
+            # On a polled share a write is seen only at the next poll: settle across two.
+            self._settle.settle_seconds = max(
+                self.rt.config.sync.settle_seconds, 2 * self.rt.config.sync.poll_interval_seconds
+            )
+        log.info("account_watching", account=self.account, folder=str(self.acct.folder),
+                 observer=self._watcher.mode, why=self._watcher.reason)  # fmt: skip
+        first_scan_started.set()
+        self._rescan.set()
+        spawn = asyncio.create_task
+        self._tasks = [spawn(self._pass_loop()), spawn(self._settle_loop()), spawn(self._sweep_loop())]
+        self._workers = [spawn(self._worker()) for _ in range(self.rt.config.sync.workers)]
+
+    async def stop_intake(self) -> None:
+        """Stage 1 of shutdown: no new events, no new passes, no new uploads."""
+        await self._watcher.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while not self._queue.empty():
+            self._queued.discard(self._queue.get_nowait())
+
+    async def drain(self) -> None:
+        """Stage 2: wait for uploads in flight (the caller bounds the wait)."""
+        await self._idle.wait()
+
+    async def cancel(self) -> None:
+        """Stage 3: cancel whatever is left (cancelled uploads stay pending, never failed)."""
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    def request_rescan(self) -> None:
+        """SIGHUP, a lost-event signal or the timer: a full pass soon."""
+        self._rescan.set()
+
+    @property
+    def queue_depth(self) -> int:
+        """Files waiting to settle or to be uploaded."""
+        return len(self._settle) + self._queue.qsize() + self._in_flight
+
+    def oldest_pending_age(self) -> float:
+        """Seconds the longest-waiting file has waited."""
+        return self._settle.oldest_age(time.time())
+
+    # -- events --------------------------------------------------------------------------
+
+    def _on_change(self, change: Change) -> None:
+        """Called on the loop thread for every watcher change; never blocks."""
+        kind = change.kind
+        if kind is ChangeKind.CHANGED:
+            self._dirty.add(change.path)
+            self._wake_settle.set()
+        elif kind is ChangeKind.DELETED:
+            self._forget_path(change.path)
+        elif kind is ChangeKind.MOVED and change.dest is not None:
+            self._move_path(change.path, change.dest)
+        elif kind is ChangeKind.DIR_MOVED and change.dest is not None:
+            self._move_dir(change.path, change.dest)
+        elif kind is ChangeKind.DIR_DELETED:
+            for row in self.rt.manifest.files_under(self.account, change.path):
+                self._forget_path(row.path)
+        elif kind is ChangeKind.FOLDER_GONE:
+            self._folder_ok = False
+            log.error("folder_unavailable", account=self.account, folder=str(self.acct.folder),
+                      reason=change.reason or "folder vanished; deletions paused")  # fmt: skip
+        elif kind in (ChangeKind.DIR_CREATED, ChangeKind.RESCAN, ChangeKind.FOLDER_BACK):
+            if kind is ChangeKind.FOLDER_BACK:
+                self._folder_ok = True
+                log.info("folder_back", account=self.account, folder=str(self.acct.folder))
+            self._rescan.set()
+
+    def _forget_path(self, path: str) -> None:
+        self._settle.forget(path)
+        row = self.rt.manifest.file(self.account, path)
+        if row is None:
+            return
+        self.rt.manifest.forget_files(self.account, [path])
+        self._content_maybe_gone(row.md5)
+
+    def _content_maybe_gone(self, md5: str | None) -> None:
+        if md5 is None or self.rt.manifest.paths_with_md5(self.account, md5):
+            return
+        image = self.rt.manifest.image_for_md5(self.account, md5)
+        self._last_gone = time.monotonic()
+        if image is not None and image.gone_since is None:
+            self.rt.manifest.set_gone(self.account, [md5], time.time())
+            log.info("image_grace_started", account=self.account, hash=image.hash,
+                     grace_seconds=self.rt.config.sync.delete_grace_seconds)  # fmt: skip
+            self._wake_sweep.set()
+
+    def _move_path(self, src: str, dest: str) -> None:
+        row = self.rt.manifest.file(self.account, src)
+        self._settle.forget(src)
+        if row is None or row.state is FileState.SKIPPED:
+            if row is not None:
+                self.rt.manifest.forget_files(self.account, [src])
+            self._dirty.add(dest)  # e.g. "x.jpg.part" renamed to "x.jpg": a new file
+            self._wake_settle.set()
+            return
+        self.rt.manifest.move_files(self.account, [(row, dest)])
+        self._dirty.add(dest)  # confirmed cheaply: size and mtime match, nothing is read
+        self._wake_settle.set()
+
+    def _move_dir(self, src: str, dest: str) -> None:
+        rows = self.rt.manifest.files_under(self.account, src)
+        moves = [(r, dest + r.path[len(src) :]) for r in rows]
+        self.rt.manifest.move_files(self.account, moves)
+        self._rescan.set()  # anything the manifest did not know under dest is found there
+
+    # -- settling and uploading ----------------------------------------------------------
+
+    async def _settle_loop(self) -> None:
+        while True:
+            deadline = self._settle.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.time())
+            try:
+                await asyncio.wait_for(self._wake_settle.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake_settle.clear()
+            await self._look_at_dirty()
+            await self._confirm_due()
+
+    async def _look_at_dirty(self) -> None:
+        if not self._dirty:
+            return
+        paths, self._dirty = list(self._dirty), set()
+        stats = await asyncio.to_thread(_stat_all, str(self.acct.folder), paths)
+        now = time.time()
+        for path, stat in zip(paths, stats, strict=True):
+            if stat is None:
+                self._forget_path(path)
+            else:
+                self._settle.touch(path, now, stat)
+
+    async def _confirm_due(self) -> None:
+        due = self._settle.due(time.time())
+        if not due:
+            return
+        stats = await asyncio.to_thread(_stat_all, str(self.acct.folder), due)
+        now = time.time()
+        for path, stat in zip(due, stats, strict=True):
+            if self._settle.confirm(path, stat, now) and path not in self._queued:
+                self._queued.add(path)
+                await self._queue.put(path)  # bounded: a burst waits here, memory stays flat
+
+    async def _worker(self) -> None:
+        while True:
+            path = await self._queue.get()
+            self._queued.discard(path)
+            self._in_flight += 1
+            self._idle.clear()
+            try:
+                await self._process(path)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one bad file must never stop the worker
+                log.exception("file_processing_error", account=self.account,
+                              path=display_path(path), error=type(exc).__name__)  # fmt: skip
+            finally:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._idle.set()
+
+    async def _process(self, path: str) -> None:
+        if self.stopped_for_auth:
+            return
+        row = self.rt.manifest.file(self.account, path)
+        known = {path: Known(row.size, row.mtime_ns, row.md5)} if row and row.md5 else {}
+        scan = await examine_paths(self.acct.folder, [path], known, now=time.time())
+        report = PassReport(self.account)
+        for skip in scan.skips:
+            self._record_skip(row, skip.path, skip.reason, skip.size, skip.mtime_ns)
+        for f in scan.files:
+            if row is not None and row.state is FileState.FAILED and (
+                (row.size, row.mtime_ns, row.md5) == (f.size, f.mtime_ns, f.md5)
+            ):
+                continue  # a permanent failure waits for the file to change
+            await self._upload_or_link(f, row, report)
+        for unsure in scan.unsettled:
+            self._dirty.add(unsure)
+            self._wake_settle.set()
+        self._absorb(report)
+
+    async def _upload_or_link(self, f: LocalFile, row: FileRecord | None, report: PassReport) -> None:
+        executor = self.rt.executors[self.account]
+        up = Upload(f.md5, (f,), upload_name(f.path))
+        ctx = UploadContext(root=self.acct.folder, preexisting=set(), intent_md5s=set())
+        await executor.upload_one(up, ctx, report)
+        if row is not None and row.md5 and row.md5 != f.md5:
+            self._content_maybe_gone(row.md5)  # the file was overwritten with new content
+
+    def _record_skip(self, row: FileRecord | None, path: str, reason: str, size: int, mtime: int) -> None:
+        if row is not None and row.state is FileState.SKIPPED and row.last_error == reason:
+            return
+        record = FileRecord(self.account, path, size, mtime, None, FileState.SKIPPED, None, reason)
+        self.rt.manifest.record_files([record])
+        self.counters.skipped += 1
+        log.info("file_skipped", account=self.account, path=display_path(path), reason=reason)
+        if row is not None:
+            self._content_maybe_gone(row.md5)
+
+    def _absorb(self, report: PassReport) -> None:
+        self.counters.uploaded += report.uploaded
+        self.counters.deleted += report.deleted
+        self.counters.failed += len(report.failed) + len(report.delete_failed)
+        if report.auth_failed and not self.stopped_for_auth:
+            self.stopped_for_auth = report.auth_failed
+            log.error("account_stopped", account=self.account, reason=report.auth_failed)
+        self._on_report(report)
+
+    # -- full passes and deletions -------------------------------------------------------
+
+    async def _pass_loop(self) -> None:
+        interval = self.rt.config.sync.rescan_interval_seconds
+        while not self.stopped_for_auth:
+            timeout = interval * random.uniform(0.9, 1.1)  # jitter: accounts do not align
+            try:
+                await asyncio.wait_for(self._rescan.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._rescan.clear()
+            await self._full_pass()
+
+    async def _full_pass(self) -> None:
+        state = await asyncio.to_thread(folder_state, self.acct.folder)
+        if state is not FolderState.OK:
+            if self._folder_ok:
+                log.error("folder_unavailable", account=self.account,
+                          folder=str(self.acct.folder), state=state.value)  # fmt: skip
+            self._folder_ok = False
+            return
+        self._folder_ok = True
+        opts = PassOptions(wait_for_settle=False)
+        result = await sync_account(self.rt, self.acct, opts)
+        self.counters.passes += 1
+        self._absorb(result.report)
+        if result.report.folder_error is None and not result.report.auth_failed:
+            self.counters.last_complete_scan = time.time()
+        for path in result.report.changed:
+            self._dirty.add(path)
+        for path in result.unsettled:
+            self._dirty.add(path)
+        self._wake_settle.set()
+        self._wake_sweep.set()
+        log.info("scan_complete", account=self.account, uploaded=result.report.uploaded,
+                 deleted=result.report.deleted, waiting_grace=result.report.waiting)  # fmt: skip
+
+    async def _sweep_loop(self) -> None:
+        while not self.stopped_for_auth:
+            timeout = self._next_sweep_in()
+            try:
+                await asyncio.wait_for(self._wake_sweep.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake_sweep.clear()
+            while (quiet := time.monotonic() - self._last_gone) < SWEEP_QUIET_SECONDS:
+                await asyncio.sleep(SWEEP_QUIET_SECONDS - quiet)
+            await self._sweep()
+
+    def _next_sweep_in(self) -> float:
+        """Until the next image comes due; images already due but kept (in use, or withheld
+        by the guard) are looked at again every SWEEP_RECHECK_SECONDS, not in a hot loop."""
+        grace = self.rt.config.sync.delete_grace_seconds
+        now = time.time()
+        due_times = [
+            i.gone_since + grace
+            for i in self.rt.manifest.images(self.account)
+            if i.gone_since is not None and i.gone_since + grace > now
+        ]
+        if not due_times:
+            return SWEEP_RECHECK_SECONDS
+        return max(0.01, min(SWEEP_RECHECK_SECONDS, min(due_times) - now))
+
+    async def _sweep(self) -> None:
+        """Delete images whose grace has run out, with the same rules as reconcile."""
+        if not self._folder_ok:
+            return
+        state = await asyncio.to_thread(folder_state, self.acct.folder)
+        if state is not FolderState.OK:
+            return
+        view = self._manifest_view(state)
+        plan = plan_account(view, policy_for(self.rt.config, allow_mass_delete=False))
+        self.rt.manifest.set_gone(self.account, plan.cancel_grace, None)
+        if plan.guard and (plan.waiting or plan.deletions or _has_due(view)):
+            log.error("deletions_withheld", account=self.account, reason=plan.guard)
+            return
+        if not plan.deletions:
+            return
+        report = PassReport(self.account)
+        await self.rt.executors[self.account].delete_due(plan.deletions, report, self._still_gone)
+        self._absorb(report)
+
+    def _manifest_view(self, state: FolderState) -> AccountView:
+        """The folder as the manifest knows it: what the deletion rules are applied to."""
+        files = self.rt.manifest.files(self.account)
+        local = [
+            LocalFile(r.path, r.size, r.mtime_ns, r.md5)
+            for r in files.values()
+            if r.md5 and r.state is not FileState.SKIPPED
+        ]
+        return AccountView(
+            account=self.account,
+            folder_state=state,
+            local=local,
+            files=files,
+            images=self.rt.manifest.images(self.account),
+            now=time.time(),
+        )
+
+    def _still_gone(self, d: Deletion) -> bool:
+        """Right before a DELETE: no file holds the content, none is about to."""
+        return not any(self.rt.manifest.paths_with_md5(self.account, m) for m in d.md5s)
+
+
+def _has_due(view: AccountView) -> bool:
+    return any(i.gone_since is not None for i in view.images)
+
+
+def _stat_all(root: str, paths: list[str]) -> list[tuple[int, int] | None]:
+    out: list[tuple[int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(os.path.join(root, path))
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_size, st.st_mtime_ns))
+    return out

@@ -1,0 +1,281 @@
+"""The real daemon as a subprocess, real files, real watchdog observers, the emulator."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import ACCOUNT, SyncEnv, set_faults
+from daemon_proc import DaemonProc, wait_until
+from images import jpeg_bytes, png_bytes, write_image
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+
+@pytest.fixture
+def daemon_env(env: SyncEnv) -> SyncEnv:
+    env.sync.update(settle_seconds=0.3, observer="native", drain_seconds=10.0,
+                    rescan_interval_seconds=3600.0)  # fmt: skip
+    return env
+
+
+@pytest.fixture
+def daemon(daemon_env: SyncEnv) -> Iterator[DaemonProc]:
+    proc = start(daemon_env)
+    yield proc
+    if proc.proc.poll() is None:
+        proc.kill()
+
+
+def start(env: SyncEnv, **extra_env: str) -> DaemonProc:
+    env.write_config()
+    proc = DaemonProc(env.config_path, env.token, extra_env)
+    proc.wait_event("daemon_ready")
+    proc.wait_event("scan_complete")
+    return proc
+
+
+def names(env: SyncEnv) -> list[str]:
+    return sorted(str(i["name"]) for i in env.images())
+
+
+def test_dropped_files_are_uploaded(daemon_env: SyncEnv, daemon: DaemonProc) -> None:
+    folder = daemon_env.folder()
+    (folder / "a.jpg").write_bytes(jpeg_bytes(1))
+    (folder / "deep" / "er").mkdir(parents=True)
+    (folder / "deep" / "er" / "b.png").write_bytes(png_bytes(2))
+    wait_until(lambda: len(daemon_env.images()) == 2, what="two uploads")
+    assert names(daemon_env) == ["a.jpg", "b.png"]
+    assert daemon.stop() == 0
+    assert "daemon_stopped" in daemon.output
+
+
+def test_files_present_at_start_are_synced(daemon_env: SyncEnv) -> None:
+    (daemon_env.folder() / "old.png").write_bytes(png_bytes(9))
+    proc = start(daemon_env)
+    wait_until(lambda: len(daemon_env.images()) == 1, what="start-up upload")
+    assert proc.stop() == 0
+
+
+def test_slow_writer_gives_one_upload_of_the_final_bytes(daemon_env: SyncEnv, daemon: DaemonProc) -> None:
+    data = png_bytes(3) + b"\0" * 0  # a valid image written in pieces
+    full = write_image(daemon_env.tmp / "src.png", "png", 3, size=200_000).read_bytes()
+    target = daemon_env.folder() / "slow.png"
+    with target.open("wb") as out:
+        for start_at in range(0, len(full), len(full) // 8):
+            out.write(full[start_at : start_at + len(full) // 8])
+            out.flush()
+            time.sleep(0.15)  # the writer is slow on purpose: this is the scenario under test
+    del data
+    wait_until(lambda: len(daemon_env.images()) == 1, what="the upload")
+    time.sleep(0.5)  # a second, wrong upload would come now
+    images = daemon_env.images()
+    assert len(daemon_env.requests("POST")) == 1
+    assert images[0]["content_md5"] == hashlib.md5(full).hexdigest()
+
+
+def test_part_file_renamed_gives_one_upload(daemon_env: SyncEnv, daemon: DaemonProc) -> None:
+    part = daemon_env.folder() / "x.jpg.part"
+    part.write_bytes(jpeg_bytes(4))
+    part.rename(daemon_env.folder() / "x.jpg")
+    wait_until(lambda: len(daemon_env.images()) == 1, what="upload")
+    assert names(daemon_env) == ["x.jpg"]
+    assert len(daemon_env.requests("POST")) == 1
+
+
+def test_rename_and_directory_move_inside_upload_nothing(daemon_env: SyncEnv, daemon: DaemonProc) -> None:
+    folder = daemon_env.folder()
+    (folder / "d").mkdir()
+    (folder / "d" / "a.jpg").write_bytes(jpeg_bytes(1))
+    (folder / "b.png").write_bytes(png_bytes(2))
+    wait_until(lambda: len(daemon_env.images()) == 2, what="uploads")
+    posts = len(daemon_env.requests("POST"))
+    (folder / "b.png").rename(folder / "b-renamed.png")
+    (folder / "d").rename(folder / "e")
+    wait_until(lambda: {i["path"] for i in daemon_env.status()["accounts"][0]["items"]}
+               == {"b-renamed.png", "e/a.jpg"}, what="manifest follows the moves")  # fmt: skip
+    assert len(daemon_env.requests("POST")) == posts
+    assert daemon_env.requests("DELETE") == []
+
+
+def test_directory_moved_in_uploads_each_image(daemon_env: SyncEnv, daemon: DaemonProc) -> None:
+    outside = daemon_env.tmp / "incoming"
+    (outside / "sub").mkdir(parents=True)
+    for i in range(3):
+        write_image(outside / "sub" / f"i{i}.png", "png", 10 + i)
+    shutil.move(str(outside), str(daemon_env.folder() / "incoming"))
+    wait_until(lambda: len(daemon_env.images()) == 3, what="three uploads")
+    assert len(daemon_env.requests("POST")) == 3
+
+
+def test_deleted_file_image_deleted_after_grace(daemon_env: SyncEnv) -> None:
+    daemon_env.sync.update(delete_grace_seconds=1.0)
+    folder = daemon_env.folder()
+    for i in range(4):
+        write_image(folder / f"f{i}.png", "png", i)
+    proc = start(daemon_env)
+    wait_until(lambda: len(daemon_env.images()) == 4, what="uploads")
+    (folder / "f0.png").unlink()
+    proc.wait_event("image_deleted", timeout=15)
+    assert len(daemon_env.images()) == 3
+    assert proc.stop() == 0
+
+
+def test_delete_then_restore_within_grace_deletes_nothing(daemon_env: SyncEnv) -> None:
+    daemon_env.sync.update(delete_grace_seconds=2.0)
+    folder = daemon_env.folder()
+    for i in range(4):
+        write_image(folder / f"f{i}.png", "png", i)
+    proc = start(daemon_env)
+    wait_until(lambda: len(daemon_env.images()) == 4, what="uploads")
+    data = (folder / "f0.png").read_bytes()
+    (folder / "f0.png").unlink()
+    proc.wait_event("image_grace_started")
+    (folder / "restored.png").write_bytes(data)
+    time.sleep(3.5)  # past the grace period: a wrong deletion would have happened by now
+    assert daemon_env.requests("DELETE") == []
+    assert proc.stop() == 0
+
+
+def test_removed_folder_deletes_nothing_and_resumes(daemon_env: SyncEnv) -> None:
+    daemon_env.sync.update(delete_grace_seconds=0.0)
+    folder = daemon_env.folder()
+    for i in range(3):
+        write_image(folder / f"f{i}.png", "png", i)
+    proc = start(daemon_env)
+    wait_until(lambda: len(daemon_env.images()) == 3, what="uploads")
+    moved = daemon_env.tmp / "away"
+    folder.rename(moved)
+    proc.wait_event("folder_unavailable")
+    moved.rename(folder)
+    proc.wait_event("folder_back")
+    (folder / "new.jpg").write_bytes(jpeg_bytes(7))
+    wait_until(lambda: len(daemon_env.images()) == 4, what="upload after the folder returned")
+    assert daemon_env.requests("DELETE") == []
+    assert proc.stop() == 0
+
+
+def test_polling_observer(daemon_env: SyncEnv) -> None:
+    daemon_env.sync.update(observer="polling", poll_interval_seconds=0.2)
+    proc = start(daemon_env)
+    (daemon_env.folder() / "p.png").write_bytes(png_bytes(5))
+    wait_until(lambda: len(daemon_env.images()) == 1, what="polled upload")
+    assert any(e.get("observer") == "polling" for e in proc.events)
+    assert proc.stop() == 0
+
+
+def test_sigterm_during_uploads_exits_0_and_restart_converges(daemon_env: SyncEnv) -> None:
+    set_faults(daemon_env.emu, latency_min_ms=200.0, latency_max_ms=300.0)
+    proc = start(daemon_env)
+    for i in range(30):
+        write_image(daemon_env.folder() / f"f{i}.png", "png", i)
+    wait_until(lambda: len(daemon_env.images()) >= 2, what="some uploads")
+    began = time.monotonic()
+    assert proc.stop() == 0
+    assert time.monotonic() - began < 10 + 5  # drain_seconds plus start-up slack
+    set_faults(daemon_env.emu, latency_min_ms=0.0, latency_max_ms=0.0)
+    again = start(daemon_env)
+    wait_until(lambda: len(daemon_env.images()) == 30, what="convergence")
+    assert again.stop() == 0
+    assert all(i["upload_count"] == 1 for i in daemon_env.images())
+
+
+def test_kill_9_during_uploads_then_restart_converges(daemon_env: SyncEnv) -> None:
+    set_faults(daemon_env.emu, latency_min_ms=50.0, latency_max_ms=150.0)
+    proc = start(daemon_env)
+    for i in range(30):
+        write_image(daemon_env.folder() / f"f{i}.png", "png", i)
+    wait_until(lambda: len(daemon_env.images()) >= 5, what="some uploads")
+    proc.kill()
+    set_faults(daemon_env.emu, latency_min_ms=0.0, latency_max_ms=0.0)
+    again = start(daemon_env)
+    wait_until(lambda: len(daemon_env.images()) == 30, what="convergence")
+    assert again.stop() == 0
+    assert daemon_env.requests("DELETE") == []
+    # Content-addressed: a re-POST after a kill gives the same image, never a duplicate.
+    assert len({i["hash"] for i in daemon_env.images()}) == 30
+    rows = daemon_env.sql("SELECT COUNT(*), COUNT(DISTINCT path) FROM files WHERE state='synced'")
+    assert rows == [(30, 30)]
+
+
+def test_sd_notify_messages(daemon_env: SyncEnv, tmp_path: Path) -> None:
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(20)
+    try:
+        proc = start(daemon_env, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="400000")
+        seen: list[str] = []
+        while not any("WATCHDOG=1" in m for m in seen) or not any("READY=1" in m for m in seen):
+            seen.append(sock.recv(4096).decode())
+        assert any("STATUS=" in m for m in seen)
+        assert proc.stop() == 0
+        while not any("STOPPING=1" in m for m in seen):
+            seen.append(sock.recv(4096).decode())
+    finally:
+        sock.close()
+
+
+def test_metrics_are_served(daemon_env: SyncEnv) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    daemon_env.write_config()
+    text = daemon_env.config_path.read_text() + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    daemon_env.config_path.write_text(text)
+    proc = DaemonProc(daemon_env.config_path, daemon_env.token)
+    try:
+        proc.wait_event("daemon_ready")
+        (daemon_env.folder() / "m.png").write_bytes(png_bytes(1))
+        wait_until(lambda: len(daemon_env.images()) == 1, what="upload")
+        wait_until(lambda: 'syncd_uploads_total{account="%s"} 1' % ACCOUNT in _scrape(port),
+                   what="metrics")  # fmt: skip
+        body = _scrape(port)
+        assert "syncd_queue_depth" in body and "syncd_tokens_available" in body
+        assert daemon_env.token not in body
+    finally:
+        assert proc.stop() == 0
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
+        body: str = resp.read().decode()
+        return body
+
+
+def test_sighup_rescans(daemon_env: SyncEnv, daemon: DaemonProc) -> None:
+    before = daemon.count("scan_complete")
+    daemon.signal(signal.SIGHUP)
+    wait_until(lambda: daemon.count("scan_complete") > before, what="a rescan")
+
+
+def test_missing_folder_at_start_waits_for_it(daemon_env: SyncEnv) -> None:
+    folder = daemon_env.folder()
+    shutil.rmtree(folder)
+    daemon_env.write_config()
+    proc = DaemonProc(daemon_env.config_path, daemon_env.token)
+    try:
+        proc.wait_event("folder_unavailable")
+        folder.mkdir()
+        (folder / "late.png").write_bytes(png_bytes(1))
+        wait_until(lambda: len(daemon_env.images()) == 1, what="upload once the share mounts")
+    finally:
+        assert proc.stop() == 0
+
+
+def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
+    from conftest import run_syncd
+
+    result = run_syncd(["demo", "--seconds", "8"], token=None, timeout=60,
+                       env={"TMPDIR": str(tmp_path)})  # fmt: skip
+    assert result.code == 0, result.output
+    assert "now holds 3 images" in result.stdout
+    assert os.listdir(tmp_path) == []
