@@ -10,6 +10,7 @@ without touching the network). Nothing here is shared between accounts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -91,9 +92,8 @@ class AccountChannel:
         images: dict[str, RemoteImage] = {}
         after: str | None = None
         for _ in range(MAX_PAGES):
-            cursor = after
             page, after = await self._call(
-                READ_COST, "list", lambda: self._client.list_page(self.account, cursor)
+                READ_COST, "list", functools.partial(self._client.list_page, self.account, after)
             )
             images.update((img.hash, img) for img in page)
             if after is None:
@@ -106,7 +106,7 @@ class AccountChannel:
         for start in range(0, len(hashes), HASHES_PER_READ):
             chunk = hashes[start : start + HASHES_PER_READ]
             page = await self._call(
-                READ_COST, "read", lambda: self._client.read_hashes(self.account, chunk)
+                READ_COST, "read", functools.partial(self._client.read_hashes, self.account, chunk)
             )
             found.update((img.hash, img) for img in page)
         return found

@@ -25,9 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser; `--config` is accepted before or after a sub-command."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", metavar="FILE", default=argparse.SUPPRESS,
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
         help="configuration file (TOML); SYNCD_CONFIG may stand in",
-    )  # fmt: skip
+    )
     parser = argparse.ArgumentParser(
         prog="syncd",
         description="Keep folders of ad images in sync with Facebook ad accounts.",
@@ -61,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None and (args.dry_run or args.allow_mass_delete) and not args.reconcile:
         parser.error("--dry-run and --allow-mass-delete go with --reconcile")
     if args.command is not None and (args.reconcile or args.dry_run or args.allow_mass_delete):
-        parser.error(f"--reconcile, --dry-run and --allow-mass-delete do not go with {args.command}")
+        parser.error(
+            f"--reconcile, --dry-run and --allow-mass-delete do not go with {args.command}"
+        )
     try:
         return _dispatch(args)
     except ConfigError as exc:
@@ -180,4 +184,3 @@ def _usage_error(message: str) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
-

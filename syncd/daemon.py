@@ -10,6 +10,7 @@ more the image's grace clock starts; the deletion sweep re-checks everything bef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -88,12 +89,21 @@ class AccountDaemon:
             self._settle.settle_seconds = max(
                 self.rt.config.sync.settle_seconds, 2 * self.rt.config.sync.poll_interval_seconds
             )
-        log.info("account_watching", account=self.account, folder=str(self.acct.folder),
-                 observer=self._watcher.mode, why=self._watcher.reason)  # fmt: skip
+        log.info(
+            "account_watching",
+            account=self.account,
+            folder=str(self.acct.folder),
+            observer=self._watcher.mode,
+            why=self._watcher.reason,
+        )
         first_scan_started.set()
         self._rescan.set()
         spawn = asyncio.create_task
-        self._tasks = [spawn(self._pass_loop()), spawn(self._settle_loop()), spawn(self._sweep_loop())]
+        self._tasks = [
+            spawn(self._pass_loop()),
+            spawn(self._settle_loop()),
+            spawn(self._sweep_loop()),
+        ]
         self._workers = [spawn(self._worker()) for _ in range(self.rt.config.sync.workers)]
 
     async def stop_intake(self) -> None:
@@ -147,8 +157,12 @@ class AccountDaemon:
                 self._forget_path(row.path)
         elif kind is ChangeKind.FOLDER_GONE:
             self._folder_ok = False
-            log.error("folder_unavailable", account=self.account, folder=str(self.acct.folder),
-                      reason=change.reason or "folder vanished; deletions paused")  # fmt: skip
+            log.error(
+                "folder_unavailable",
+                account=self.account,
+                folder=str(self.acct.folder),
+                reason=change.reason or "folder vanished; deletions paused",
+            )
         elif kind in (ChangeKind.DIR_CREATED, ChangeKind.RESCAN, ChangeKind.FOLDER_BACK):
             if kind is ChangeKind.FOLDER_BACK:
                 self._folder_ok = True
@@ -170,8 +184,12 @@ class AccountDaemon:
         self._last_gone = time.monotonic()
         if image is not None and image.gone_since is None:
             self.rt.manifest.set_gone(self.account, [md5], time.time())
-            log.info("image_grace_started", account=self.account, hash=image.hash,
-                     grace_seconds=self.rt.config.sync.delete_grace_seconds)  # fmt: skip
+            log.info(
+                "image_grace_started",
+                account=self.account,
+                hash=image.hash,
+                grace_seconds=self.rt.config.sync.delete_grace_seconds,
+            )
             self._wake_sweep.set()
 
     def _move_path(self, src: str, dest: str) -> None:
@@ -199,10 +217,8 @@ class AccountDaemon:
         while True:
             deadline = self._settle.next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.time())
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_settle.wait(), timeout)
-            except TimeoutError:
-                pass
             self._wake_settle.clear()
             await self._look_at_dirty()
             await self._confirm_due()
@@ -241,8 +257,12 @@ class AccountDaemon:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one bad file must never stop the worker
-                log.exception("file_processing_error", account=self.account,
-                              path=display_path(path), error=type(exc).__name__)  # fmt: skip
+                log.exception(
+                    "file_processing_error",
+                    account=self.account,
+                    path=display_path(path),
+                    error=type(exc).__name__,
+                )
             finally:
                 self._in_flight -= 1
                 if self._in_flight == 0:
@@ -258,8 +278,10 @@ class AccountDaemon:
         for skip in scan.skips:
             self._record_skip(row, skip.path, skip.reason, skip.size, skip.mtime_ns)
         for f in scan.files:
-            if row is not None and row.state is FileState.FAILED and (
-                (row.size, row.mtime_ns, row.md5) == (f.size, f.mtime_ns, f.md5)
+            if (
+                row is not None
+                and row.state is FileState.FAILED
+                and ((row.size, row.mtime_ns, row.md5) == (f.size, f.mtime_ns, f.md5))
             ):
                 continue  # a permanent failure waits for the file to change
             await self._upload_or_link(f, row, report)
@@ -268,7 +290,9 @@ class AccountDaemon:
             self._wake_settle.set()
         self._absorb(report)
 
-    async def _upload_or_link(self, f: LocalFile, row: FileRecord | None, report: PassReport) -> None:
+    async def _upload_or_link(
+        self, f: LocalFile, row: FileRecord | None, report: PassReport
+    ) -> None:
         executor = self.rt.executors[self.account]
         up = Upload(f.md5, (f,), upload_name(f.path))
         ctx = UploadContext(root=self.acct.folder, preexisting=set(), intent_md5s=set())
@@ -276,7 +300,9 @@ class AccountDaemon:
         if row is not None and row.md5 and row.md5 != f.md5:
             self._content_maybe_gone(row.md5)  # the file was overwritten with new content
 
-    def _record_skip(self, row: FileRecord | None, path: str, reason: str, size: int, mtime: int) -> None:
+    def _record_skip(
+        self, row: FileRecord | None, path: str, reason: str, size: int, mtime: int
+    ) -> None:
         if row is not None and row.state is FileState.SKIPPED and row.last_error == reason:
             return
         record = FileRecord(self.account, path, size, mtime, None, FileState.SKIPPED, None, reason)
@@ -301,10 +327,8 @@ class AccountDaemon:
         interval = self.rt.config.sync.rescan_interval_seconds
         while not self.stopped_for_auth:
             timeout = interval * random.uniform(0.9, 1.1)  # jitter: accounts do not align
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._rescan.wait(), timeout)
-            except TimeoutError:
-                pass
             self._rescan.clear()
             await self._full_pass()
 
@@ -312,8 +336,12 @@ class AccountDaemon:
         state = await asyncio.to_thread(folder_state, self.acct.folder)
         if state is not FolderState.OK:
             if self._folder_ok:
-                log.error("folder_unavailable", account=self.account,
-                          folder=str(self.acct.folder), state=state.value)  # fmt: skip
+                log.error(
+                    "folder_unavailable",
+                    account=self.account,
+                    folder=str(self.acct.folder),
+                    state=state.value,
+                )
             self._folder_ok = False
             return
         self._folder_ok = True
@@ -329,18 +357,22 @@ class AccountDaemon:
             self._dirty.add(path)
         self._wake_settle.set()
         self._wake_sweep.set()
-        log.info("scan_complete", account=self.account, uploaded=result.report.uploaded,
-                 deleted=result.report.deleted, waiting_grace=result.report.waiting)  # fmt: skip
+        log.info(
+            "scan_complete",
+            account=self.account,
+            uploaded=result.report.uploaded,
+            deleted=result.report.deleted,
+            waiting_grace=result.report.waiting,
+        )
 
     async def _sweep_loop(self) -> None:
         while not self.stopped_for_auth:
             timeout = self._next_sweep_in()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_sweep.wait(), timeout)
-            except TimeoutError:
-                pass
             self._wake_sweep.clear()
-            while (quiet := time.monotonic() - self._last_gone) < SWEEP_QUIET_SECONDS:
+            # A debounce on a timestamp the event handlers move: sleeping is the point here.
+            while (quiet := time.monotonic() - self._last_gone) < SWEEP_QUIET_SECONDS:  # noqa: ASYNC110
                 await asyncio.sleep(SWEEP_QUIET_SECONDS - quiet)
             await self._sweep()
 

@@ -22,7 +22,7 @@ from syncd.secrets import Secrets, Token
 from syncd.service import Service
 
 DEMO_ACCOUNT = "1000000001"
-DEMO_TOKEN = "demo-token-for-the-bundled-emulator"
+DEMO_TOKEN = "demo-token-for-the-bundled-emulator"  # noqa: S105 - the emulator accepts any
 
 
 def sample_png(width: int, height: int, seed: int) -> bytes:
@@ -80,8 +80,11 @@ def run_demo(seconds: float | None) -> int:
                 (folder / f"sample-{i + 1}.png").write_bytes(sample_png(48, 32, i))
             code = asyncio.run(_run(config, folder, seconds))
             images = emulator.call(emulator.state.images, DEMO_ACCOUNT)
-            print(f"\nsyncd demo: the emulated account now holds {len(images)} images; "
-                  f"exit code {code}.", flush=True)  # fmt: skip
+            print(
+                f"\nsyncd demo: the emulated account now holds {len(images)} images; "
+                f"exit code {code}.",
+                flush=True,
+            )
             return code
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

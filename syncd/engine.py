@@ -147,13 +147,19 @@ async def sync_account(rt: Runtime, acct: AccountConfig, opts: PassOptions) -> P
     return result
 
 
-async def _one_pass(rt: Runtime, acct: AccountConfig, opts: PassOptions, result: PassResult) -> bool:
+async def _one_pass(
+    rt: Runtime, acct: AccountConfig, opts: PassOptions, result: PassResult
+) -> bool:
     scan = await _settled_scan(rt, acct, opts)
     report = result.report
     if scan.folder_state is not FolderState.OK:
         report.folder_error = f"folder {acct.folder} is {scan.folder_state.value}"
-        log.error("folder_unavailable", account=acct.id, folder=str(acct.folder),
-                  state=scan.folder_state.value)  # fmt: skip
+        log.error(
+            "folder_unavailable",
+            account=acct.id,
+            folder=str(acct.folder),
+            state=scan.folder_state.value,
+        )
     channel = rt.channels[acct.id]
     remote = await _list_remote(channel)
     if channel.auth_error is not None:
@@ -228,9 +234,14 @@ def _resolve_intents(
     now = time.time()
     for intent, image in claimed:
         record = ImageRecord(
-            account, image.hash, intent.md5, ImageOrigin.UPLOADED, intent.started_at,
-            gone_since=now, name=image.name,
-        )  # fmt: skip
+            account,
+            image.hash,
+            intent.md5,
+            ImageOrigin.UPLOADED,
+            intent.started_at,
+            gone_since=now,
+            name=image.name,
+        )
         rt.manifest.finish_upload(record, [])
         log.warning("intent_claimed", account=account, hash=image.hash, name=image.name)
     for intent in dropped:
@@ -269,4 +280,3 @@ async def _dry_run_check(rt: Runtime, plan: Plan, result: PassResult) -> None:
     except GraphError:
         return
     result.in_use = {h for h, img in fresh.items() if img.in_use}
-

@@ -122,6 +122,10 @@ class Executor:
         report.skipped += len(plan.record)
         report.waiting = len(plan.waiting)
         report.guard = plan.guard
+        for path in plan.unchanged_failures:
+            # Not retried, but still not in sync: the exit code and the log say so.
+            report.failed.append((path, "failed earlier and unchanged since; not retried"))
+            log.info("file_still_failed", account=self.account, path=display_path(path))
         if plan.guard:
             log.error("deletions_withheld", account=self.account, reason=plan.guard)
         await self.upload_all(plan.uploads, ctx, report)
@@ -225,11 +229,18 @@ class Executor:
     def _fail(self, up: Upload, exc: GraphError, state: FileState, report: PassReport) -> None:
         records = [
             FileRecord(
-                self.account, f.path, f.size, f.mtime_ns, f.md5, state, None, exc.reason,
+                self.account,
+                f.path,
+                f.size,
+                f.mtime_ns,
+                f.md5,
+                state,
+                None,
+                exc.reason,
                 attempts=1,
             )
             for f in up.files
-        ]  # fmt: skip
+        ]
         self._manifest.record_files(records)
         for f in up.files:
             report.failed.append((f.path, exc.reason))

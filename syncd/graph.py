@@ -147,7 +147,7 @@ class GraphClient:
                 return _decode(resp.status, resp.headers, raw, account)
         except GraphError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             # The message names the exception type only: aiohttp's own text can quote the
             # request (URL, headers), and a proxy's can quote anything.
             raise TransientError(f"network error: {_describe(exc)}") from None

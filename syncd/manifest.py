@@ -256,7 +256,9 @@ class SqliteManifest:
 
     def last_scan(self, account: str) -> tuple[float | None, str | None]:
         """When the account's folder was last fully scanned, and the last account-level error."""
-        rows = self._query("SELECT last_scan, last_error FROM accounts WHERE account = ?", (account,))
+        rows = self._query(
+            "SELECT last_scan, last_error FROM accounts WHERE account = ?", (account,)
+        )
         return (rows[0][0], rows[0][1]) if rows else (None, None)
 
     # -- writes --------------------------------------------------------------------------
@@ -266,11 +268,19 @@ class SqliteManifest:
         now = time.time()
         rows = [
             (
-                r.account, _enc(r.path), r.size, r.mtime_ns, r.md5, r.state.value,
-                r.remote_hash, r.last_error, r.attempts, now,
+                r.account,
+                _enc(r.path),
+                r.size,
+                r.mtime_ns,
+                r.md5,
+                r.state.value,
+                r.remote_hash,
+                r.last_error,
+                r.attempts,
+                now,
             )
             for r in records
-        ]  # fmt: skip
+        ]
         if not rows:
             return
         with self._tx() as conn:
@@ -289,9 +299,19 @@ class SqliteManifest:
                 )
                 conn.execute(
                     "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (account, _enc(dest), r.size, r.mtime_ns, r.md5, r.state.value,
-                     r.remote_hash, r.last_error, r.attempts, now),
-                )  # fmt: skip
+                    (
+                        account,
+                        _enc(dest),
+                        r.size,
+                        r.mtime_ns,
+                        r.md5,
+                        r.state.value,
+                        r.remote_hash,
+                        r.last_error,
+                        r.attempts,
+                        now,
+                    ),
+                )
 
     def forget_files(self, account: str, paths: Iterable[str]) -> None:
         """Remove the rows of files that are no longer in the folder."""
@@ -305,9 +325,14 @@ class SqliteManifest:
         with self._tx() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO intents VALUES (?,?,?,?,?)",
-                (intent.account, intent.md5, _enc(intent.path), intent.upload_name,
-                 intent.started_at),
-            )  # fmt: skip
+                (
+                    intent.account,
+                    intent.md5,
+                    _enc(intent.path),
+                    intent.upload_name,
+                    intent.started_at,
+                ),
+            )
 
     def abandon_upload(self, account: str, md5: str) -> None:
         """The POST did not create an image (it failed, or was never sent)."""
@@ -320,17 +345,34 @@ class SqliteManifest:
         with self._tx() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO images VALUES (?,?,?,?,?,?,?)",
-                (image.account, image.md5, image.hash, image.origin.value, image.uploaded_at,
-                 image.gone_since, image.name),
-            )  # fmt: skip
+                (
+                    image.account,
+                    image.md5,
+                    image.hash,
+                    image.origin.value,
+                    image.uploaded_at,
+                    image.gone_since,
+                    image.name,
+                ),
+            )
             conn.executemany(
                 "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [
-                    (f.account, _enc(f.path), f.size, f.mtime_ns, f.md5, f.state.value,
-                     f.remote_hash, f.last_error, f.attempts, now)
+                    (
+                        f.account,
+                        _enc(f.path),
+                        f.size,
+                        f.mtime_ns,
+                        f.md5,
+                        f.state.value,
+                        f.remote_hash,
+                        f.last_error,
+                        f.attempts,
+                        now,
+                    )
                     for f in files
                 ],
-            )  # fmt: skip
+            )
             conn.execute(
                 "DELETE FROM intents WHERE account = ? AND md5 = ?", (image.account, image.md5)
             )

@@ -48,7 +48,9 @@ class Progress:
 
     def line(self) -> str:
         """The text of the progress line."""
-        text = f"hashed {self.hashed_files} files, uploaded {self.done_uploads}/{self.planned_uploads}"
+        text = (
+            f"hashed {self.hashed_files} files, uploaded {self.done_uploads}/{self.planned_uploads}"
+        )
         eta = self.eta()
         if eta is not None:
             text += f", ETA {int(eta) // 60}m{int(eta) % 60:02d}s"

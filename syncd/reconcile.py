@@ -148,5 +148,8 @@ def _print_actions(plan: Plan, result: PassResult, out: TextIO) -> None:
     if plan.guard:
         print(f"  withheld deletions: {plan.guard} (--allow-mass-delete to proceed)", file=out)
     total = len(plan.uploads) + len(plan.deletions)
-    print(f"  {len(plan.uploads)} to upload, {len(plan.deletions)} to delete, "
-          f"{len(result.skips)} skipped, {total} changes", file=out)  # fmt: skip
+    print(
+        f"  {len(plan.uploads)} to upload, {len(plan.deletions)} to delete, "
+        f"{len(result.skips)} skipped, {total} changes",
+        file=out,
+    )

@@ -162,12 +162,31 @@ class Service:
     def _register_gauges(self, rt: Runtime) -> None:
         m: Metrics = self.metrics
         accts = self.accounts
-        m.gauge("queue_depth", "Files waiting to settle or upload", lambda: [({}, float(sum(a.queue_depth for a in accts)))])
-        m.gauge("oldest_pending_age_seconds", "Age of the oldest pending file", lambda: [({}, max((a.oldest_pending_age() for a in accts), default=0.0))])
-        m.gauge("tokens_available", "Tokens in each account's bucket", lambda: _per(rt, lambda c: c.bucket.tokens))
-        m.gauge("throttled_seconds", "Seconds each account spent paused", lambda: _per(rt, lambda c: c.bucket.throttled_seconds))
-        m.gauge("last_complete_scan_timestamp_seconds", "When each folder was last fully scanned",
-                lambda: [({"account": a.account}, a.counters.last_complete_scan or 0.0) for a in accts])  # fmt: skip
+        m.gauge(
+            "queue_depth",
+            "Files waiting to settle or upload",
+            lambda: [({}, float(sum(a.queue_depth for a in accts)))],
+        )
+        m.gauge(
+            "oldest_pending_age_seconds",
+            "Age of the oldest pending file",
+            lambda: [({}, max((a.oldest_pending_age() for a in accts), default=0.0))],
+        )
+        m.gauge(
+            "tokens_available",
+            "Tokens in each account's bucket",
+            lambda: _per(rt, lambda c: c.bucket.tokens),
+        )
+        m.gauge(
+            "throttled_seconds",
+            "Seconds each account spent paused",
+            lambda: _per(rt, lambda c: c.bucket.throttled_seconds),
+        )
+        m.gauge(
+            "last_complete_scan_timestamp_seconds",
+            "When each folder was last fully scanned",
+            lambda: [({"account": a.account}, a.counters.last_complete_scan or 0.0) for a in accts],
+        )
 
     async def _start_metrics(self) -> web.AppRunner | None:
         listen = self.config.metrics.listen

@@ -85,8 +85,13 @@ class SyncEnv:
         return folder
 
     def write_config(self) -> Path:
-        sync = {"workers": 4, "settle_seconds": 0.0, "delete_grace_seconds": 0.0,
-                "max_delete_fraction": 1.0, **self.sync}  # fmt: skip
+        sync = {
+            "workers": 4,
+            "settle_seconds": 0.0,
+            "delete_grace_seconds": 0.0,
+            "max_delete_fraction": 1.0,
+            **self.sync,
+        }
         lines = [
             "[graph]",
             f'base_url = "{self.emu.base_url}"',
@@ -105,7 +110,11 @@ class SyncEnv:
 
     def run(self, *args: str, timeout: float = 60, token: str | None = None) -> Run:
         self.write_config()
-        return run_syncd(["--config", str(self.config_path), *args], self.token if token is None else token, timeout)
+        return run_syncd(
+            ["--config", str(self.config_path), *args],
+            self.token if token is None else token,
+            timeout,
+        )
 
     def reconcile(self, *args: str, timeout: float = 60) -> Run:
         return self.run("--reconcile", *args, timeout=timeout)
@@ -120,12 +129,18 @@ class SyncEnv:
         imgs: list[dict[str, Any]] = self.emu.call(self.emu.state.images, account, include_deleted)
         return imgs
 
-    def requests(self, method: str | None = None, account: str | None = None) -> list[dict[str, Any]]:
-        reqs: list[dict[str, Any]] = self.emu.call(lambda: list(self.emu.state.requests))
+    def requests(
+        self, method: str | None = None, account: str | None = None
+    ) -> list[dict[str, Any]]:
+        reqs: list[dict[str, Any]] = self.emu.call(
+            lambda: [dict(r) for r in self.emu.state.requests]
+        )
         return [
-            r for r in reqs
-            if (method is None or r["method"] == method) and (account is None or r["account"] == account)
-        ]  # fmt: skip
+            r
+            for r in reqs
+            if (method is None or r["method"] == method)
+            and (account is None or r["account"] == account)
+        ]
 
     def sql(self, query: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(self.manifest)
@@ -177,7 +192,9 @@ def _toml(value: Any) -> str:
     return repr(value)
 
 
-def run_syncd(args: Sequence[str], token: str | None, timeout: float = 60, env: dict[str, str] | None = None) -> Run:
+def run_syncd(
+    args: Sequence[str], token: str | None, timeout: float = 60, env: dict[str, str] | None = None
+) -> Run:
     """syncd as a user runs it: a subprocess, no terminal, the token in the environment."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCD_")}
     full_env.pop("CREDENTIALS_DIRECTORY", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -40,10 +41,8 @@ class DaemonProc:
             with self._changed:
                 self.lines.append(line)
                 if line.startswith("{"):
-                    try:
+                    with contextlib.suppress(ValueError):
                         self.events.append(json.loads(line))
-                    except ValueError:
-                        pass
                 self._changed.notify_all()
 
     @property
@@ -64,8 +63,10 @@ class DaemonProc:
         with self._changed:
             while (hit := found()) is None:
                 left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None and not self._reader.is_alive():
-                    raise AssertionError(f"no {name} event {fields}; output:\n{self.output[-4000:]}")
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no {name} event {fields}; output:\n{self.output[-4000:]}"
+                    )
                 self._changed.wait(min(left, 0.5))
             return hit
 
@@ -81,13 +82,18 @@ class DaemonProc:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=5)
+        self._close()
         return code
 
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(timeout=10)
+        self._close()
+
+    def _close(self) -> None:
         self._reader.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:

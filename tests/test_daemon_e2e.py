@@ -22,8 +22,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 @pytest.fixture
 def daemon_env(env: SyncEnv) -> SyncEnv:
-    env.sync.update(settle_seconds=0.3, observer="native", drain_seconds=10.0,
-                    rescan_interval_seconds=3600.0)  # fmt: skip
+    env.sync.update(
+        settle_seconds=0.3, observer="native", drain_seconds=10.0, rescan_interval_seconds=3600.0
+    )
     return env
 
 
@@ -65,7 +66,9 @@ def test_files_present_at_start_are_synced(daemon_env: SyncEnv) -> None:
     assert proc.stop() == 0
 
 
-def test_slow_writer_gives_one_upload_of_the_final_bytes(daemon_env: SyncEnv, daemon: DaemonProc) -> None:
+def test_slow_writer_gives_one_upload_of_the_final_bytes(
+    daemon_env: SyncEnv, daemon: DaemonProc
+) -> None:
     data = png_bytes(3) + b"\0" * 0  # a valid image written in pieces
     full = write_image(daemon_env.tmp / "src.png", "png", 3, size=200_000).read_bytes()
     target = daemon_env.folder() / "slow.png"
@@ -91,7 +94,9 @@ def test_part_file_renamed_gives_one_upload(daemon_env: SyncEnv, daemon: DaemonP
     assert len(daemon_env.requests("POST")) == 1
 
 
-def test_rename_and_directory_move_inside_upload_nothing(daemon_env: SyncEnv, daemon: DaemonProc) -> None:
+def test_rename_and_directory_move_inside_upload_nothing(
+    daemon_env: SyncEnv, daemon: DaemonProc
+) -> None:
     folder = daemon_env.folder()
     (folder / "d").mkdir()
     (folder / "d" / "a.jpg").write_bytes(jpeg_bytes(1))
@@ -100,8 +105,13 @@ def test_rename_and_directory_move_inside_upload_nothing(daemon_env: SyncEnv, da
     posts = len(daemon_env.requests("POST"))
     (folder / "b.png").rename(folder / "b-renamed.png")
     (folder / "d").rename(folder / "e")
-    wait_until(lambda: {i["path"] for i in daemon_env.status()["accounts"][0]["items"]}
-               == {"b-renamed.png", "e/a.jpg"}, what="manifest follows the moves")  # fmt: skip
+    wait_until(
+        lambda: (
+            {i["path"] for i in daemon_env.status()["accounts"][0]["items"]}
+            == {"b-renamed.png", "e/a.jpg"}
+        ),
+        what="manifest follows the moves",
+    )
     assert len(daemon_env.requests("POST")) == posts
     assert daemon_env.requests("DELETE") == []
 
@@ -236,17 +246,19 @@ def test_metrics_are_served(daemon_env: SyncEnv) -> None:
         proc.wait_event("daemon_ready")
         (daemon_env.folder() / "m.png").write_bytes(png_bytes(1))
         wait_until(lambda: len(daemon_env.images()) == 1, what="upload")
-        wait_until(lambda: 'syncd_uploads_total{account="%s"} 1' % ACCOUNT in _scrape(port),
-                   what="metrics")  # fmt: skip
+        wait_until(
+            lambda: f'syncd_uploads_total{{account="{ACCOUNT}"}} 1' in _scrape(port), what="metrics"
+        )
         body = _scrape(port)
-        assert "syncd_queue_depth" in body and "syncd_tokens_available" in body
+        assert "syncd_queue_depth" in body
+        assert "syncd_tokens_available" in body
         assert daemon_env.token not in body
     finally:
         assert proc.stop() == 0
 
 
 def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         body: str = resp.read().decode()
         return body
 
@@ -274,8 +286,9 @@ def test_missing_folder_at_start_waits_for_it(daemon_env: SyncEnv) -> None:
 def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
     from conftest import run_syncd
 
-    result = run_syncd(["demo", "--seconds", "8"], token=None, timeout=60,
-                       env={"TMPDIR": str(tmp_path)})  # fmt: skip
+    result = run_syncd(
+        ["demo", "--seconds", "8"], token=None, timeout=60, env={"TMPDIR": str(tmp_path)}
+    )
     assert result.code == 0, result.output
     assert "now holds 3 images" in result.stdout
     assert os.listdir(tmp_path) == []

@@ -34,8 +34,13 @@ def local(path: str, md5: str, size: int = 10, mtime: int = 1) -> LocalFile:
     return LocalFile(path, size, mtime, md5)
 
 
-def image(md5: str, h: str | None = None, *, gone: float | None = None,
-          origin: ImageOrigin = ImageOrigin.UPLOADED) -> ImageRecord:  # fmt: skip
+def image(
+    md5: str,
+    h: str | None = None,
+    *,
+    gone: float | None = None,
+    origin: ImageOrigin = ImageOrigin.UPLOADED,
+) -> ImageRecord:
     return ImageRecord(ACC, h or f"h-{md5}", md5, origin, 0.0, gone_since=gone, name=f"{md5}.jpg")
 
 
@@ -70,8 +75,11 @@ def test_second_run_plans_nothing() -> None:
     plan = plan_account(
         view(local=[f], files={"a.jpg": synced(f, "h-m1")}, images=[image("m1")]), POLICY
     )
-    assert plan.uploads == [] and plan.link == [] and plan.deletions == []
-    assert plan.forget == [] and plan.start_grace == []
+    assert plan.uploads == []
+    assert plan.link == []
+    assert plan.deletions == []
+    assert plan.forget == []
+    assert plan.start_grace == []
 
 
 def test_rename_links_and_forgets_without_upload_or_delete() -> None:
@@ -80,15 +88,22 @@ def test_rename_links_and_forgets_without_upload_or_delete() -> None:
     plan = plan_account(
         view(local=[new], files={"old.jpg": synced(old, "h-m1")}, images=[image("m1")]), POLICY
     )
-    assert plan.uploads == [] and plan.deletions == [] and plan.start_grace == []
+    assert plan.uploads == []
+    assert plan.deletions == []
+    assert plan.start_grace == []
     assert [r.path for r in plan.link] == ["dir/new.jpg"]
     assert plan.link[0].remote_hash == "h-m1"
     assert plan.forget == ["old.jpg"]
 
 
 def test_removed_file_starts_grace_then_is_due() -> None:
-    plan = plan_account(view(images=[image("m1"), *(image(f"k{i}") for i in range(4))],
-                             local=[local(f"k{i}.jpg", f"k{i}") for i in range(4)]), POLICY)  # fmt: skip
+    plan = plan_account(
+        view(
+            images=[image("m1"), *(image(f"k{i}") for i in range(4))],
+            local=[local(f"k{i}.jpg", f"k{i}") for i in range(4)],
+        ),
+        POLICY,
+    )
     assert plan.start_grace == ["m1"]
     assert plan.deletions == []
     assert plan.waiting == [("h-m1", 600.0)]
@@ -129,14 +144,17 @@ def test_missing_folder_plans_nothing_at_all() -> None:
         view(folder_state=FolderState.MISSING, images=[image("m1", gone=0.0)]), POLICY
     )
     assert plan.guard == "folder missing"
-    assert plan.deletions == [] and plan.forget == [] and plan.start_grace == []
+    assert plan.deletions == []
+    assert plan.forget == []
+    assert plan.start_grace == []
 
 
 def test_empty_folder_looks_unmounted_unless_allowed() -> None:
     policy = Policy(delete_grace_seconds=0, max_delete_fraction=1.0)
     images = [image("m1"), image("m2")]
     plan = plan_account(view(images=images), policy)
-    assert plan.deletions == [] and plan.guard == "folder is empty (looks unmounted)"
+    assert plan.deletions == []
+    assert plan.guard == "folder is empty (looks unmounted)"
     allowed = Policy(delete_grace_seconds=0, max_delete_fraction=1.0, allow_mass_delete=True)
     assert len(plan_account(view(images=images), allowed).deletions) == 2
 
@@ -149,7 +167,8 @@ def test_fraction_guard() -> None:
     fewer = keep[:5]  # 3 of 8 gone: over the fraction
     plan = plan_account(view(images=images, local=fewer), policy)
     assert plan.deletions == []
-    assert plan.guard is not None and "3 of 8" in plan.guard
+    assert plan.guard is not None
+    assert "3 of 8" in plan.guard
 
 
 def test_incomplete_scan_deletes_and_forgets_nothing() -> None:
@@ -164,7 +183,9 @@ def test_incomplete_scan_deletes_and_forgets_nothing() -> None:
         ),
         policy,
     )
-    assert plan.deletions == [] and plan.forget == [] and plan.start_grace == []
+    assert plan.deletions == []
+    assert plan.forget == []
+    assert plan.start_grace == []
     assert plan.guard == "part of the folder could not be read"
 
 
@@ -180,14 +201,16 @@ def test_unsure_paths_keep_their_content_held() -> None:
         ),
         policy,
     )
-    assert plan.deletions == [] and plan.forget == []
+    assert plan.deletions == []
+    assert plan.forget == []
 
 
 def test_failed_file_not_retried_until_it_changes() -> None:
     f = local("bad.jpg", "m1")
     failed = FileRecord(ACC, "bad.jpg", 10, 1, "m1", FileState.FAILED, None, "bad image")
     plan = plan_account(view(local=[f], files={"bad.jpg": failed}), POLICY)
-    assert plan.uploads == [] and plan.unchanged_failures == ["bad.jpg"]
+    assert plan.uploads == []
+    assert plan.unchanged_failures == ["bad.jpg"]
     changed = local("bad.jpg", "m2", mtime=2)
     assert len(plan_account(view(local=[changed], files={"bad.jpg": failed}), POLICY).uploads) == 1
 
@@ -283,8 +306,12 @@ def views(draw: st.DrawFn) -> AccountView:
     }
     remote = draw(
         st.none()
-        | st.dictionaries(st.sampled_from(["h1", "h2", "h3", "hx"]),
-                          st.builds(RemoteImage, st.sampled_from(["h1"]), status=st.sampled_from(["ACTIVE", "DELETED"])))  # fmt: skip
+        | st.dictionaries(
+            st.sampled_from(["h1", "h2", "h3", "hx"]),
+            st.builds(
+                RemoteImage, st.sampled_from(["h1"]), status=st.sampled_from(["ACTIVE", "DELETED"])
+            ),
+        )
     )
     return view(
         folder_state=draw(st.sampled_from(list(FolderState))),

@@ -57,7 +57,8 @@ def test_identical_content_uploaded_once(env: SyncEnv) -> None:
     assert env.reconcile().code == 0
     assert len(env.requests("POST")) == 1
     items = env.status()["accounts"][0]["items"]
-    assert len({i["hash"] for i in items}) == 1 and len(items) == 3
+    assert len({i["hash"] for i in items}) == 1
+    assert len(items) == 3
 
 
 def test_renames_and_moves_upload_and_delete_nothing(env: SyncEnv) -> None:
@@ -74,7 +75,8 @@ def test_renames_and_moves_upload_and_delete_nothing(env: SyncEnv) -> None:
     assert len(env.requests("POST")) == posts
     assert env.requests("DELETE") == []
     paths = {i["path"] for i in env.status()["accounts"][0]["items"]}
-    assert "renamed.jpg" in paths and "a.jpg" not in paths
+    assert "renamed.jpg" in paths
+    assert "a.jpg" not in paths
     assert "moved/deeper/d.JPG" in paths
 
 
@@ -179,11 +181,14 @@ def test_guard_fraction(env: SyncEnv) -> None:
     for i in range(3):
         (folder / f"f{i}.png").unlink()
     blocked = env.reconcile()
-    assert blocked.code == 1 and env.requests("DELETE") == []
+    assert blocked.code == 1
+    assert env.requests("DELETE") == []
     assert "max_delete_fraction" in blocked.output
 
 
-def test_bad_inputs_skipped_with_reasons_while_good_files_sync(env: SyncEnv, tmp_path: Path) -> None:
+def test_bad_inputs_skipped_with_reasons_while_good_files_sync(
+    env: SyncEnv, tmp_path: Path
+) -> None:
     folder = env.folder()
     (folder / "good.jpg").write_bytes(jpeg_bytes(1))
     (folder / "notes.txt").write_text("not an image")
@@ -192,7 +197,8 @@ def test_bad_inputs_skipped_with_reasons_while_good_files_sync(env: SyncEnv, tmp
     (folder / "corrupt.png").write_bytes(png_bytes(3)[:40])  # right signature, truncated
     long_name = "x" * 150 + ".png"
     (folder / long_name).write_bytes(png_bytes(4))
-    (folder / "café – été.gif").write_bytes(gif_bytes(5))
+    unicode_name = "caf\u00e9 \u2013 \u00e9t\u00e9.gif"
+    (folder / unicode_name).write_bytes(gif_bytes(5))
     (folder / ".hidden.jpg").write_bytes(jpeg_bytes(6))
     (folder / "~$lock.jpg").write_bytes(jpeg_bytes(7))
     (folder / "upload.jpg.part").write_bytes(jpeg_bytes(8))
@@ -204,12 +210,14 @@ def test_bad_inputs_skipped_with_reasons_while_good_files_sync(env: SyncEnv, tmp
     result = env.reconcile()
     assert result.code == 1, result.output  # corrupt.png failed permanently
     names = {i["name"] for i in env.images()}
-    assert "good.jpg" in names and "café – été.gif" in names
+    assert "good.jpg" in names
+    assert unicode_name in names
     assert any(len(n) == 100 and n.endswith(".png") for n in names)
     assert len(names) == 3
     items = {i["path"]: i for i in env.status()["accounts"][0]["items"]}
     for path in ("notes.txt", "empty.png", "fake.jpg", "link-out.jpg"):
-        assert items[path]["state"] == "skipped" and items[path]["reason"], path
+        assert items[path]["state"] == "skipped", path
+        assert items[path]["reason"], path
     assert items["corrupt.png"]["state"] == "failed"
     assert "1487197" in items["corrupt.png"]["reason"]
     # A permanent failure is not retried until the file changes.
@@ -233,7 +241,12 @@ def test_invalid_token_exits_3_after_few_requests(env: SyncEnv) -> None:
 def test_token_never_appears_anywhere(env: SyncEnv) -> None:
     populate(env.folder())
     (env.folder() / "bad.png").write_bytes(png_bytes(1)[:30])
-    runs = [env.reconcile(), env.reconcile("--dry-run"), env.run("status"), env.run("status", "--json")]
+    runs = [
+        env.reconcile(),
+        env.reconcile("--dry-run"),
+        env.run("status"),
+        env.run("status", "--json"),
+    ]
     set_tokens(env.emu, {"another"})
     runs.append(env.reconcile())
     for run in runs:
@@ -292,7 +305,8 @@ def test_dry_run_changes_nothing(env: SyncEnv) -> None:
     result = env.reconcile("--dry-run")
     assert result.code == 0, result.output
     assert "upload  a.jpg" in result.stdout
-    assert env.requests("POST") == [] and env.requests("DELETE") == []
+    assert env.requests("POST") == []
+    assert env.requests("DELETE") == []
     assert not env.manifest.exists()
     assert env.reconcile().code == 0
     (env.folder() / "a.jpg").unlink()
@@ -309,7 +323,8 @@ def test_status_lists_states_and_reasons(env: SyncEnv) -> None:
     assert env.reconcile().code == 0
     text = env.run("status")
     assert text.code == 0
-    assert "5 synced" in text.stdout and "1 skipped" in text.stdout
+    assert "5 synced" in text.stdout
+    assert "1 skipped" in text.stdout
     assert "readme.txt" in text.stdout
 
 

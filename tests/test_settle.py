@@ -41,7 +41,8 @@ def test_vanished_file_is_forgotten() -> None:
     t = SettleTracker(1.0)
     t.touch("tmp.jpg", 0.0, (1, 1))
     assert t.confirm("tmp.jpg", None, 1.0) is False
-    assert "tmp.jpg" not in t and t.next_deadline() is None
+    assert "tmp.jpg" not in t
+    assert t.next_deadline() is None
 
 
 def test_oldest_age() -> None:
