@@ -78,6 +78,8 @@ class AccountDaemon:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[asyncio.Task[None]] = []
+        self._pass_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -99,15 +101,15 @@ class AccountDaemon:
         first_scan_started.set()
         self._rescan.set()
         spawn = asyncio.create_task
-        self._tasks = [
-            spawn(self._pass_loop()),
-            spawn(self._settle_loop()),
-            spawn(self._sweep_loop()),
-        ]
+        self._pass_task = spawn(self._pass_loop())
+        self._tasks = [spawn(self._settle_loop()), spawn(self._sweep_loop())]
         self._workers = [spawn(self._worker()) for _ in range(self.rt.config.sync.workers)]
 
     async def stop_intake(self) -> None:
-        """Stage 1 of shutdown: no new events, no new passes, no new uploads."""
+        """Stage 1 of shutdown: no new events, no new passes, no new uploads or deletions."""
+        self._stopping = True
+        self.rt.executors[self.account].stopping = True
+        self._rescan.set()  # wakes the pass loop so it sees the flag and ends
         await self._watcher.stop()
         for task in self._tasks:
             task.cancel()
@@ -116,14 +118,17 @@ class AccountDaemon:
             self._queued.discard(self._queue.get_nowait())
 
     async def drain(self) -> None:
-        """Stage 2: wait for uploads in flight (the caller bounds the wait)."""
+        """Stage 2: wait for uploads in flight, live or in a pass (the caller bounds it)."""
+        if self._pass_task is not None:
+            await asyncio.wait([self._pass_task])
         await self._idle.wait()
 
     async def cancel(self) -> None:
         """Stage 3: cancel whatever is left (cancelled uploads stay pending, never failed)."""
-        for task in self._workers:
+        tasks = [*self._workers, *([self._pass_task] if self._pass_task else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def request_rescan(self) -> None:
         """SIGHUP, a lost-event signal or the timer: a full pass soon."""
@@ -152,6 +157,8 @@ class AccountDaemon:
             self._move_path(change.path, change.dest)
         elif kind is ChangeKind.DIR_MOVED and change.dest is not None:
             self._move_dir(change.path, change.dest)
+        elif kind is ChangeKind.DIR_CREATED:
+            self._look_inside(change.path)
         elif kind is ChangeKind.DIR_DELETED:
             for row in self.rt.manifest.files_under(self.account, change.path):
                 self._forget_path(row.path)
@@ -163,7 +170,7 @@ class AccountDaemon:
                 folder=str(self.acct.folder),
                 reason=change.reason or "folder vanished; deletions paused",
             )
-        elif kind in (ChangeKind.DIR_CREATED, ChangeKind.RESCAN, ChangeKind.FOLDER_BACK):
+        elif kind in (ChangeKind.RESCAN, ChangeKind.FOLDER_BACK):
             if kind is ChangeKind.FOLDER_BACK:
                 self._folder_ok = True
                 log.info("folder_back", account=self.account, folder=str(self.acct.folder))
@@ -209,7 +216,19 @@ class AccountDaemon:
         rows = self.rt.manifest.files_under(self.account, src)
         moves = [(r, dest + r.path[len(src) :]) for r in rows]
         self.rt.manifest.move_files(self.account, moves)
-        self._rescan.set()  # anything the manifest did not know under dest is found there
+        self._look_inside(dest)  # files the manifest did not know there, if any
+
+    def _look_inside(self, directory: str) -> None:
+        """A directory appeared (created, or moved in from outside, when the OS may send no
+        event for its files): every file in it goes through settling like any new file."""
+        task = asyncio.create_task(self._list_into_dirty(directory))
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _list_into_dirty(self, directory: str) -> None:
+        paths = await asyncio.to_thread(_files_under, str(self.acct.folder), directory)
+        self._dirty.update(paths)
+        self._wake_settle.set()
 
     # -- settling and uploading ----------------------------------------------------------
 
@@ -325,10 +344,12 @@ class AccountDaemon:
 
     async def _pass_loop(self) -> None:
         interval = self.rt.config.sync.rescan_interval_seconds
-        while not self.stopped_for_auth:
+        while not self.stopped_for_auth and not self._stopping:
             timeout = interval * random.uniform(0.9, 1.1)  # jitter: accounts do not align
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._rescan.wait(), timeout)
+            if self._stopping:
+                return
             self._rescan.clear()
             await self._full_pass()
 
@@ -433,6 +454,17 @@ class AccountDaemon:
 
 def _has_due(view: AccountView) -> bool:
     return any(i.gone_since is not None for i in view.images)
+
+
+def _files_under(root: str, directory: str) -> list[str]:
+    """Relative paths of the files (and links) below `directory`, for settling."""
+    found: list[str] = []
+    for here, dirs, files in os.walk(os.path.join(root, directory)):
+        rel = os.path.relpath(here, root).replace(os.sep, "/")
+        prefix = "" if rel == "." else rel + "/"
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(prefix + name for name in files)
+    return found
 
 
 def _stat_all(root: str, paths: list[str]) -> list[tuple[int, int] | None]:

@@ -91,6 +91,7 @@ class Executor:
         # Contents being uploaded right now: a second file with the same content (or a rescan
         # racing a live event) waits for that upload and links to its hash instead of POSTing.
         self._inflight: dict[str, asyncio.Future[None]] = {}
+        self.stopping = False  # set at shutdown: finish what is in flight, start nothing new
 
     def apply_records(self, plan: Plan) -> None:
         """The manifest-only part of a plan: links, skips, forgotten rows, grace clocks."""
@@ -129,7 +130,7 @@ class Executor:
         if plan.guard:
             log.error("deletions_withheld", account=self.account, reason=plan.guard)
         await self.upload_all(plan.uploads, ctx, report)
-        if report.auth_failed is None:
+        if report.auth_failed is None and not self.stopping:
             await self.delete_due(plan.deletions, report)
 
     async def upload_all(
@@ -141,7 +142,7 @@ class Executor:
             queue.put_nowait(up)
 
         async def worker() -> None:
-            while report.auth_failed is None:
+            while report.auth_failed is None and not self.stopping:
                 try:
                     up = queue.get_nowait()
                 except asyncio.QueueEmpty:
@@ -273,9 +274,17 @@ class Executor:
             report.kept_in_use += 1
             log.info("image_kept_in_use", account=self.account, hash=d.hash, name=d.name)
         for d in delete:
-            if still_gone is not None and not still_gone(d):
+            if self.stopping or report.auth_failed:
+                return
+            if self._held(d) or (still_gone is not None and not still_gone(d)):
+                # A file with this content appeared since the plan was made (a live event
+                # racing a pass): the image is in use again, not gone.
+                log.info("image_deletion_cancelled", account=self.account, hash=d.hash)
                 continue
             await self._delete_one(d, report)
+
+    def _held(self, d: Deletion) -> bool:
+        return any(self._manifest.paths_with_md5(self.account, m) for m in d.md5s)
 
     async def _delete_one(self, d: Deletion, report: PassReport) -> None:
         try:
