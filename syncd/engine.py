@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import structlog
@@ -33,7 +34,7 @@ from syncd.models import (
 )
 from syncd.planner import AccountView, Plan, Policy, Upload, claim_intents, plan_account
 from syncd.ratelimit import TokenBucket
-from syncd.scanner import Known, ScanResult, scan_folder
+from syncd.scanner import Known, ScanResult, examine_paths, scan_folder
 from syncd.secrets import Secrets
 
 log = structlog.get_logger("syncd.engine")
@@ -192,17 +193,46 @@ async def _one_pass(
 
 
 async def _settled_scan(rt: Runtime, acct: AccountConfig, opts: PassOptions) -> ScanResult:
+    """Scan; in reconcile, wait for files being written until they have settled.
+
+    A file counts as settled when its mtime is older than `settle_seconds`, or when its size
+    and mtime did not change across a whole settle period (a copy that kept a timestamp from
+    the future, or a server whose clock runs ahead, would otherwise never settle).
+    """
     settle = rt.config.sync.settle_seconds
+    known = _known(rt.manifest.files(acct.id))
+    scan = await scan_folder(
+        acct.folder, known, now=time.time(), settle_seconds=settle, on_progress=opts.on_hashed
+    )
     for _ in range(MAX_SETTLE_ROUNDS):
-        known = _known(rt.manifest.files(acct.id))
-        scan = await scan_folder(
-            acct.folder, known, now=time.time(), settle_seconds=settle, on_progress=opts.on_hashed
-        )
         if not scan.unsettled or not opts.wait_for_settle:
             return scan
         log.info("waiting_for_writers", account=acct.id, files=len(scan.unsettled))
+        before = await asyncio.to_thread(_stats, acct.folder, scan.unsettled)
         await asyncio.sleep(settle)
+        after = await asyncio.to_thread(_stats, acct.folder, scan.unsettled)
+        still = [p for p in scan.unsettled if before[p] is None or before[p] != after[p]]
+        quiet = [p for p in scan.unsettled if p not in still]
+        # Judged settled by observation, whatever their mtime says: "now" is put past it.
+        latest = max((st[1] / 1e9 for p in quiet if (st := after[p]) is not None), default=0.0)
+        extra = await examine_paths(acct.folder, quiet, known, now=max(time.time(), latest + 1))
+        scan.files.extend(extra.files)
+        scan.skips.extend(extra.skips)
+        scan.errors.extend(extra.errors)
+        scan.unsettled = [*still, *extra.unsettled]
     return scan
+
+
+def _stats(root: Path, paths: list[str]) -> dict[str, tuple[int, int] | None]:
+    out: dict[str, tuple[int, int] | None] = {}
+    for path in paths:
+        try:
+            st = (root / path).stat()
+        except OSError:
+            out[path] = None
+            continue
+        out[path] = (st.st_size, st.st_mtime_ns)
+    return out
 
 
 def _known(files: Mapping[str, FileRecord]) -> dict[str, Known]:

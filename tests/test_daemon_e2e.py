@@ -292,3 +292,26 @@ def test_demo_runs_and_exits_0(tmp_path: Path) -> None:
     assert result.code == 0, result.output
     assert "now holds 3 images" in result.stdout
     assert os.listdir(tmp_path) == []
+
+
+def test_second_sigint_forces_exit_without_waiting_for_the_drain(daemon_env: SyncEnv) -> None:
+    daemon_env.sync.update(drain_seconds=60.0)
+    set_faults(daemon_env.emu, latency_min_ms=5000.0, latency_max_ms=5000.0)
+    proc = start(daemon_env)
+    for i in range(4):
+        write_image(daemon_env.folder() / f"f{i}.png", "png", i)
+    wait_until(
+        lambda: (
+            any(r["method"] == "POST" for r in daemon_env.requests())
+            or proc.count("file_uploaded") > 0
+        ),
+        what="an upload in flight",
+        timeout=30,
+    )
+    proc.signal(signal.SIGINT)
+    proc.wait_event("stopping")
+    began = time.monotonic()
+    proc.signal(signal.SIGINT)
+    assert proc.proc.wait(timeout=20) == 130
+    assert time.monotonic() - began < 10
+    proc.stop()

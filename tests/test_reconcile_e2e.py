@@ -335,3 +335,17 @@ def test_bad_config_exits_2_naming_the_key(env: SyncEnv) -> None:
     assert "sync.wokers" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not env.manifest.exists()
+
+
+def test_settling_waits_for_writers_and_accepts_future_mtimes(env: SyncEnv) -> None:
+    env.sync.update(settle_seconds=0.5)
+    recent = env.folder() / "recent.png"
+    recent.write_bytes(png_bytes(1))
+    future = env.folder() / "future.png"
+    future.write_bytes(png_bytes(2))
+    ahead = time.time() + 3600  # a copy that kept a clock-skewed timestamp
+    os.utime(future, (ahead, ahead))
+    result = env.reconcile()
+    assert result.code == 0, result.output
+    assert sorted(i["name"] for i in env.images()) == ["future.png", "recent.png"]
+    assert any(e.get("event") == "waiting_for_writers" for e in result.events())
