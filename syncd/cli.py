@@ -164,6 +164,7 @@ def _daemon(config: Config) -> int:
     from syncd.service import run_daemon
 
     secrets = _secrets_and_logs(config, to_stderr=False)
+    _check_manifest(config, readonly=False)
     return run_daemon(config, secrets)
 
 

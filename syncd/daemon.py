@@ -14,7 +14,7 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -36,6 +36,7 @@ SWEEP_RECHECK_SECONDS = 600.0  # images kept because a creative uses them are lo
 # Deletion events arrive one file at a time (`rm -r` on a share, a folder being unmounted):
 # the sweep waits for them to stop so the mass-deletion guard judges the whole burst at once.
 SWEEP_QUIET_SECONDS = 1.0
+ERROR_PAUSE_SECONDS = 5.0  # after an unexpected error in a loop, before its next iteration
 
 
 @dataclass(slots=True)
@@ -143,6 +144,23 @@ class AccountDaemon:
         """Seconds the longest-waiting file has waited."""
         return self._settle.oldest_age(time.time())
 
+    async def _guarded(self, stage: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run one iteration of a loop; an unexpected error (a full disk under the manifest,
+        say) is logged and retried after a pause instead of silently ending the loop."""
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception(
+                "account_stage_failed",
+                account=self.account,
+                stage=stage,
+                error=type(exc).__name__,
+                retry_in=ERROR_PAUSE_SECONDS,
+            )
+            await asyncio.sleep(ERROR_PAUSE_SECONDS)
+
     # -- events --------------------------------------------------------------------------
 
     def _on_change(self, change: Change) -> None:
@@ -239,8 +257,8 @@ class AccountDaemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_settle.wait(), timeout)
             self._wake_settle.clear()
-            await self._look_at_dirty()
-            await self._confirm_due()
+            await self._guarded("settle", self._look_at_dirty)
+            await self._guarded("settle", self._confirm_due)
 
     async def _look_at_dirty(self) -> None:
         if not self._dirty:
@@ -351,7 +369,7 @@ class AccountDaemon:
             if self._stopping:
                 return
             self._rescan.clear()
-            await self._full_pass()
+            await self._guarded("full_pass", self._full_pass)
 
     async def _full_pass(self) -> None:
         state = await asyncio.to_thread(folder_state, self.acct.folder)
@@ -395,7 +413,7 @@ class AccountDaemon:
             # A debounce on a timestamp the event handlers move: sleeping is the point here.
             while (quiet := time.monotonic() - self._last_gone) < SWEEP_QUIET_SECONDS:  # noqa: ASYNC110
                 await asyncio.sleep(SWEEP_QUIET_SECONDS - quiet)
-            await self._sweep()
+            await self._guarded("deletion_sweep", self._sweep)
 
     def _next_sweep_in(self) -> float:
         """Until the next image comes due; images already due but kept (in use, or withheld
