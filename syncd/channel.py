@@ -91,6 +91,7 @@ class AccountChannel:
         """Every image of the account, page by page (each page is one read)."""
         images: dict[str, RemoteImage] = {}
         after: str | None = None
+        seen: set[str] = set()
         for _ in range(MAX_PAGES):
             page, after = await self._call(
                 READ_COST, "list", functools.partial(self._client.list_page, self.account, after)
@@ -98,6 +99,11 @@ class AccountChannel:
             images.update((img.hash, img) for img in page)
             if after is None:
                 return images
+            if after in seen:
+                # The same cursor again would walk the same pages forever, spending the
+                # account's quota; a partial listing must not pass for a complete one.
+                raise TransientError("listing did not end (cursor loop)")
+            seen.add(after)
         raise TransientError("listing did not end (cursor loop)")
 
     async def read(self, hashes: list[str]) -> dict[str, RemoteImage]:
@@ -121,16 +127,19 @@ class AccountChannel:
         attempt = 0
         throttles = 0
         while True:
-            if self.auth_error is not None:
-                raise self.auth_error
+            self._raise_if_stopped()
             await self.bucket.acquire(cost)
-            self.stats.requests += 1
             try:
                 async with self._gate:
+                    # Checked again: the account may have been stopped while this call
+                    # waited for tokens or for a slot, and a refused token stays refused.
+                    self._raise_if_stopped()
+                    self.stats.requests += 1
                     return await send()
             except AuthError as exc:
-                self.auth_error = exc
-                log.error("account_auth_failed", account=self.account, reason=exc.reason)
+                if self.auth_error is None:  # once; later calls only repeat the verdict
+                    self.auth_error = exc
+                    log.error("account_auth_failed", account=self.account, reason=exc.reason)
                 raise
             except ThrottledError as exc:
                 throttles += 1
@@ -153,6 +162,10 @@ class AccountChannel:
                     reason=exc.reason,
                 )
                 await self._sleep(delay)
+
+    def _raise_if_stopped(self) -> None:
+        if self.auth_error is not None:
+            raise self.auth_error
 
     def _pause(self, exc: ThrottledError, throttles: int, what: str) -> None:
         pause = throttle_pause(exc.retry_after, throttles)

@@ -107,10 +107,11 @@ def classify(status: int, body: ErrorBody | None, retry_after: float | None = No
         message = f"HTTP {status} without a Graph error body"
         if status == 429:
             return ThrottledError(message, status=status, retry_after=retry_after)
-        if status >= 500 or status in (408,):
+        # 401/403 without Meta's error body come from something in between (a proxy, a
+        # firewall, a captive portal), not from the Graph API refusing the token: stopping the
+        # account as if the token were bad (exit 3) would send the user after the wrong cause.
+        if status >= 500 or status in (401, 403, 408):
             return TransientError(message, status=status)
-        if status in (401, 403):
-            return AuthError(message, status=status)
         return PermanentError(message, status=status)
     kw: dict[str, Any] = {"code": body.code, "subcode": body.subcode, "status": status}
     code = body.code

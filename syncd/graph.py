@@ -2,13 +2,15 @@
 
 It knows HTTP and Meta's response shapes, nothing about rate limits or retries (the account
 channel adds those). The token only ever travels in the `Authorization` header; error messages
-are built from Meta's answer and the exception type, never from request details, so nothing
-this module raises can carry the token.
+are built from Meta's answer (with any echo of the token, app secret or proof masked) and the
+exception type, never from request details, so nothing this module raises can carry the token.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import io
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -83,6 +85,11 @@ class GraphClient:
         self._root = f"{base_url.rstrip('/')}/{api_version}"
         self._headers = {"Authorization": f"Bearer {token.reveal()}"}
         self._proof = appsecret_proof(token, app_secret) if app_secret else None
+        # Meta has echoed a malformed token in its error message; such text must not carry it
+        # on into exceptions and logs.
+        self._secrets = tuple(
+            s for s in (token.reveal(), app_secret and app_secret.reveal(), self._proof) if s
+        )
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 15.0))
         self._on_headers = on_headers
 
@@ -96,7 +103,11 @@ class GraphClient:
         # Raw UTF-8 filenames (RFC 7578), not aiohttp's default percent-encoding, which Meta
         # would store literally as the image name ("caf%C3%A9.jpg").
         form = aiohttp.FormData(quote_fields=False)
-        form.add_field("filename", data, filename=name, content_type="application/octet-stream")
+        # A BytesIO, not raw bytes: aiohttp warns (ResourceWarning) about raw bodies over 1 MiB,
+        # and the daemon's images run to 30 MB; under `-W error` the warning fails the upload.
+        form.add_field(
+            "filename", io.BytesIO(data), filename=name, content_type="application/octet-stream"
+        )
         body = await self._request("POST", account, "/adimages", None, data=form)
         return _uploaded_from(body)
 
@@ -116,6 +127,8 @@ class GraphClient:
         """The named images (at most HASHES_PER_READ); hashes the API does not know are absent."""
         if len(hashes) > HASHES_PER_READ:
             raise ValueError(f"at most {HASHES_PER_READ} hashes per read")
+        if not hashes:
+            return []  # nothing to ask; `limit=0` would be refused as an invalid parameter
         params = {"fields": fields, "hashes": json.dumps(list(hashes)), "limit": str(len(hashes))}
         body = await self._request("GET", account, "/adimages", params)
         return _images_from(body)
@@ -144,7 +157,7 @@ class GraphClient:
             ) as resp:
                 self._observe(account, resp.headers)
                 raw = await _read_limited(resp)
-                return _decode(resp.status, resp.headers, raw, account)
+                return _decode(resp.status, resp.headers, raw, account, self._secrets)
         except GraphError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -171,8 +184,17 @@ async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)
 
 
-def _decode(status: int, headers: Mapping[str, str], raw: bytes, account: str) -> dict[str, Any]:
-    """Turn an HTTP answer into a JSON object, or raise the one error it stands for."""
+def _decode(
+    status: int,
+    headers: Mapping[str, str],
+    raw: bytes,
+    account: str,
+    secrets: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Turn an HTTP answer into a JSON object, or raise the one error it stands for.
+
+    The error message comes from the answer; any of `secrets` in it is masked.
+    """
     try:
         payload: object = json.loads(raw) if raw else None
     except (ValueError, RecursionError):
@@ -183,6 +205,11 @@ def _decode(status: int, headers: Mapping[str, str], raw: bytes, account: str) -
         if payload is None:
             raise TransientError("answer is not JSON", status=status)
     body = parse_error_body(payload)
+    if body is not None:
+        message = body.message
+        for secret in secrets:
+            message = message.replace(secret, "***")
+        body = dataclasses.replace(body, message=message)
     error = classify(status, body, _retry_after(headers, account))
     raise error
 

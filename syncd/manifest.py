@@ -111,7 +111,9 @@ class SqliteManifest:
             if readonly:
                 if not path.exists():
                     return cls.memory(readonly=True)
-                conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, isolation_level=None)
+                # as_uri() needs an absolute path; a relative one would raise ValueError.
+                uri = f"{path.absolute().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(path, isolation_level=None)
@@ -294,10 +296,13 @@ class SqliteManifest:
         if not rows:
             return
         with self._tx() as conn:
+            # Every source goes first: a batch is one simultaneous rename, so a swap (a->b,
+            # b->a) or a chain (x->y, y->z) must not delete a row another move just wrote.
+            conn.executemany(
+                "DELETE FROM files WHERE account = ? AND path = ?",
+                [(account, _enc(r.path)) for r, _ in rows],
+            )
             for r, dest in rows:
-                conn.execute(
-                    "DELETE FROM files WHERE account = ? AND path = ?", (account, _enc(r.path))
-                )
                 conn.execute(
                     "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (
