@@ -269,25 +269,11 @@ class SqliteManifest:
     def record_files(self, records: Iterable[FileRecord]) -> None:
         """Insert or replace file rows, all in one transaction."""
         now = time.time()
-        rows = [
-            (
-                r.account,
-                _enc(r.path),
-                r.size,
-                r.mtime_ns,
-                r.md5,
-                r.state.value,
-                r.remote_hash,
-                r.last_error,
-                r.attempts,
-                now,
-            )
-            for r in records
-        ]
+        rows = [_file_row(r, now) for r in records]
         if not rows:
             return
         with self._tx() as conn:
-            conn.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            conn.executemany(FILE_UPSERT, rows)
 
     def move_files(self, account: str, moves: Iterable[tuple[FileRecord, str]]) -> None:
         """Re-key rows to their new paths (a rename inside the folder), atomically."""
@@ -302,22 +288,7 @@ class SqliteManifest:
                 "DELETE FROM files WHERE account = ? AND path = ?",
                 [(account, _enc(r.path)) for r, _ in rows],
             )
-            for r, dest in rows:
-                conn.execute(
-                    "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        account,
-                        _enc(dest),
-                        r.size,
-                        r.mtime_ns,
-                        r.md5,
-                        r.state.value,
-                        r.remote_hash,
-                        r.last_error,
-                        r.attempts,
-                        now,
-                    ),
-                )
+            conn.executemany(FILE_UPSERT, [_file_row(r, now, dest) for r, dest in rows])
 
     def forget_files(self, account: str, paths: Iterable[str]) -> None:
         """Remove the rows of files that are no longer in the folder."""
@@ -361,24 +332,7 @@ class SqliteManifest:
                     image.name,
                 ),
             )
-            conn.executemany(
-                "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        f.account,
-                        _enc(f.path),
-                        f.size,
-                        f.mtime_ns,
-                        f.md5,
-                        f.state.value,
-                        f.remote_hash,
-                        f.last_error,
-                        f.attempts,
-                        now,
-                    )
-                    for f in files
-                ],
-            )
+            conn.executemany(FILE_UPSERT, [_file_row(f, now) for f in files])
             conn.execute(
                 "DELETE FROM intents WHERE account = ? AND md5 = ?", (image.account, image.md5)
             )
@@ -416,6 +370,17 @@ class SqliteManifest:
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
         self._conn.close()
+
+
+FILE_UPSERT = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)"
+
+
+def _file_row(r: FileRecord, now: float, path: str | None = None) -> tuple[object, ...]:
+    """A `files` row for `r` (optionally under another path), as `FILE_UPSERT` takes it."""
+    return (
+        r.account, _enc(path if path is not None else r.path), r.size, r.mtime_ns, r.md5,
+        r.state.value, r.remote_hash, r.last_error, r.attempts, now,
+    )  # fmt: skip
 
 
 def _file(r: sqlite3.Row) -> FileRecord:
