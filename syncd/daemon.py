@@ -322,6 +322,8 @@ class AccountDaemon:
             ):
                 continue  # a permanent failure waits for the file to change
             await self._upload_or_link(f, row, report)
+        for err in scan.errors:
+            self._record_unreadable(row, err.path, err.reason, err.size, err.mtime_ns)
         for unsure in scan.unsettled:
             self._dirty.add(unsure)
             self._wake_settle.set()
@@ -348,6 +350,17 @@ class AccountDaemon:
         log.info("file_skipped", account=self.account, path=display_path(path), reason=reason)
         if row is not None:
             self._content_maybe_gone(row.md5)
+
+    def _record_unreadable(
+        self, row: FileRecord | None, path: str, reason: str, size: int, mtime: int
+    ) -> None:
+        """Pending with the reason (status shows it); the next event or rescan retries it."""
+        if row is not None and (row.state is FileState.SYNCED or row.last_error == reason):
+            return
+        md5 = row.md5 if row else None
+        record = FileRecord(self.account, path, size, mtime, md5, FileState.PENDING, None, reason)
+        self.rt.manifest.record_files([record])
+        log.warning("file_unreadable", account=self.account, path=display_path(path), reason=reason)
 
     def _absorb(self, report: PassReport) -> None:
         self.counters.uploaded += report.uploaded

@@ -298,6 +298,7 @@ def _view(
         unsure=[*scan.unsettled, *(e.path for e in scan.errors)],
         scan_complete=not scan.incomplete,
         remote=remote,
+        unreadable=scan.errors,
     )
 
 

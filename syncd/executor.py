@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 
 from syncd.channel import AccountChannel
-from syncd.errors import AuthError, GraphError, PermanentError
+from syncd.errors import AuthError, GraphError, ManifestError, PermanentError
 from syncd.filters import MAX_IMAGE_BYTES
 from syncd.hashing import read_and_hash
 from syncd.manifest import Manifest
@@ -96,7 +96,7 @@ class Executor:
     def apply_records(self, plan: Plan) -> None:
         """The manifest-only part of a plan: links, skips, forgotten rows, grace clocks."""
         m = self._manifest
-        m.record_files([*plan.link, *plan.record])
+        m.record_files([*plan.link, *plan.record, *plan.unreadable])
         m.forget_files(self.account, plan.forget)
         m.drop_images(self.account, plan.stale)
         m.set_gone(self.account, plan.start_grace, self._clock())
@@ -104,6 +104,13 @@ class Executor:
         for record in plan.record:
             log.info(
                 "file_skipped",
+                account=self.account,
+                path=display_path(record.path),
+                reason=record.last_error,
+            )
+        for record in plan.unreadable:
+            log.warning(
+                "file_unreadable",
                 account=self.account,
                 path=display_path(record.path),
                 reason=record.last_error,
@@ -123,6 +130,7 @@ class Executor:
         report.skipped += len(plan.record)
         report.waiting = len(plan.waiting)
         report.guard = plan.guard
+        report.failed.extend(plan.still_unreadable)
         for path in plan.unchanged_failures:
             # Not retried, but still not in sync: the exit code and the log say so.
             report.failed.append((path, "failed earlier and unchanged since; not retried"))
@@ -149,9 +157,13 @@ class Executor:
                     return
                 await self.upload_one(up, ctx, report)
 
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(self._workers, len(uploads))):
-                group.create_task(worker())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(self._workers, len(uploads))):
+                    group.create_task(worker())
+        except* ManifestError as group_error:
+            # One clear error (the CLI prints it in one line), not a group traceback.
+            raise group_error.exceptions[0] from None
 
     async def upload_one(self, up: Upload, ctx: UploadContext, report: PassReport) -> None:
         """Upload one content once: concurrent requests for it share one POST."""

@@ -266,20 +266,40 @@ def _image(item: object) -> RemoteImage | None:
     image_hash = item.get("hash")
     if not isinstance(image_hash, str) or not image_hash:
         return None
-    creatives = item.get("creatives")
-    creative_ids = (
-        tuple(str(c) for c in creatives if isinstance(c, str | int))
-        if isinstance(creatives, list)
-        else ()
-    )
+    creative_ids, readable = _creatives(item.get("creatives"))
+    in_adgroups = item.get("is_associated_creatives_in_adgroups")
     return RemoteImage(
         hash=image_hash,
         name=_text(item.get("name")),
         status=_text(item.get("status")) or "ACTIVE",
         creatives=creative_ids,
-        in_adgroups=item.get("is_associated_creatives_in_adgroups") is True,
+        in_adgroups=in_adgroups is True,
         created_time=_text(item.get("created_time")),
+        uncertain=not readable or in_adgroups not in (None, True, False),
     )
+
+
+def _creatives(value: object) -> tuple[tuple[str, ...], bool]:
+    """Creative ids, and whether the answer could be read at all.
+
+    Absent means none (Graph omits empty fields); a list of ids, or an edge-shaped
+    `{"data": [...]}`, is read; anything else is unreadable, which the deletion check treats
+    as "in use" so a garbled answer can never cause a deletion.
+    """
+    if value is None:
+        return (), True
+    if isinstance(value, dict):
+        value = value.get("data")
+    if not isinstance(value, list):
+        return (), False
+    ids: list[str] = []
+    for entry in value:
+        if isinstance(entry, dict):
+            entry = entry.get("id")
+        if isinstance(entry, bool) or not isinstance(entry, str | int):
+            return tuple(ids), False
+        ids.append(str(entry))
+    return tuple(ids), True
 
 
 def _text(value: object) -> str:

@@ -106,10 +106,13 @@ class RemoteImage:
     creatives: tuple[str, ...] = ()
     in_adgroups: bool = False
     created_time: str = ""
+    # The answer about creatives could not be read (a field of the wrong type): never taken
+    # as "unused", because that would allow a deletion.
+    uncertain: bool = False
 
     @property
     def in_use(self) -> bool:
-        return bool(self.creatives) or self.in_adgroups
+        return bool(self.creatives) or self.in_adgroups or self.uncertain
 
 
 def display_path(path: str) -> str:

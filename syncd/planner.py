@@ -34,6 +34,7 @@ from syncd.models import (
     UploadIntent,
 )
 
+VANISHED_REASONS = frozenset({"file vanished", "vanished during scan"})  # the scanner's words
 INTENT_CLOCK_SKEW = 300.0  # seconds of slack between our clock and Meta's created_time
 
 
@@ -61,6 +62,7 @@ class AccountView:
     # the manifest last saw there still counts as held.
     unsure: Sequence[str] = ()
     scan_complete: bool = True  # False: a subfolder could not be listed
+    unreadable: Sequence[Skip] = ()  # files or folders that exist but could not be read now
     remote: Mapping[str, RemoteImage] | None = None  # None: the listing was not available
 
 
@@ -108,6 +110,8 @@ class Plan:
     kept: list[tuple[str, str]] = field(default_factory=list)  # (hash, why it is never deleted)
     stale: list[str] = field(default_factory=list)  # md5s whose image the remote no longer has
     unchanged_failures: list[str] = field(default_factory=list)  # paths not retried
+    unreadable: list[FileRecord] = field(default_factory=list)  # newly unreadable: record, log
+    still_unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     guard: str | None = None  # why no deletion happens for this account in this pass
 
     @property
@@ -160,6 +164,7 @@ def _plan_files(view: AccountView, hash_of: Mapping[str, str], plan: Plan) -> No
         else:
             name = upload_name(holders[0].path)
             plan.uploads.append(Upload(md5, tuple(holders), name, adopt=name in remote_names))
+    _plan_unreadable(view, plan)
     for skip in view.skips:
         row = view.files.get(skip.path)
         if row is None or row.state is not FileState.SKIPPED or row.last_error != skip.reason:
@@ -167,6 +172,27 @@ def _plan_files(view: AccountView, hash_of: Mapping[str, str], plan: Plan) -> No
     if view.scan_complete:
         present = {f.path for f in view.local} | {s.path for s in view.skips} | set(view.unsure)
         plan.forget.extend(sorted(p for p in view.files if p not in present))
+
+
+def _plan_unreadable(view: AccountView, plan: Plan) -> None:
+    """Files that could not be read are pending, with the reason, until they can be.
+
+    A synced file that turns unreadable stays synced (its image is fine); it is not re-read.
+    """
+    for entry in view.unreadable:
+        if entry.reason in VANISHED_REASONS:
+            continue  # gone between listing and reading: the next look decides, not a failure
+        row = view.files.get(entry.path)
+        if row is not None and row.state is FileState.SYNCED:
+            continue
+        plan.still_unreadable.append((entry.path, entry.reason))
+        if row is None or row.state is not FileState.PENDING or row.last_error != entry.reason:
+            plan.unreadable.append(
+                FileRecord(
+                    view.account, entry.path, entry.size, entry.mtime_ns,
+                    row.md5 if row else None, FileState.PENDING, None, entry.reason,
+                )
+            )  # fmt: skip
 
 
 def _unclaimed_remote_names(view: AccountView, hash_of: Mapping[str, str]) -> set[str]:
