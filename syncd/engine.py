@@ -34,7 +34,7 @@ from syncd.models import (
 )
 from syncd.planner import AccountView, Plan, Policy, Upload, claim_intents, plan_account
 from syncd.ratelimit import TokenBucket
-from syncd.scanner import Known, ScanResult, examine_paths, scan_folder
+from syncd.scanner import ScanResult, examine_paths, scan_folder
 from syncd.secrets import Secrets
 
 log = structlog.get_logger("syncd.engine")
@@ -151,7 +151,8 @@ async def sync_account(rt: Runtime, acct: AccountConfig, opts: PassOptions) -> P
 async def _one_pass(
     rt: Runtime, acct: AccountConfig, opts: PassOptions, result: PassResult
 ) -> bool:
-    scan = await _settled_scan(rt, acct, opts)
+    files = rt.manifest.files(acct.id)  # read once per pass: it is the biggest read there is
+    scan = await _settled_scan(rt, acct, opts, files)
     report = result.report
     if scan.folder_state is not FolderState.OK:
         report.folder_error = f"folder {acct.folder} is {scan.folder_state.value}"
@@ -171,7 +172,7 @@ async def _one_pass(
     intents = manifest.intents(acct.id)
     if not opts.dry_run and scan.folder_state is FolderState.OK:
         images = _resolve_intents(rt, acct.id, scan, intents, remote, images)
-    view = _view(acct.id, scan, manifest.files(acct.id), images, remote)
+    view = _view(acct.id, scan, files, images, remote)
     plan = plan_account(view, policy_for(rt.config, opts.allow_mass_delete))
     result.plan = plan
     result.skips = [(s.path, s.reason) for s in scan.skips]
@@ -192,7 +193,9 @@ async def _one_pass(
     return bool(report.changed)
 
 
-async def _settled_scan(rt: Runtime, acct: AccountConfig, opts: PassOptions) -> ScanResult:
+async def _settled_scan(
+    rt: Runtime, acct: AccountConfig, opts: PassOptions, known: Mapping[str, FileRecord]
+) -> ScanResult:
     """Scan; in reconcile, wait for files being written until they have settled.
 
     A file counts as settled when its mtime is older than `settle_seconds`, or when its size
@@ -200,7 +203,6 @@ async def _settled_scan(rt: Runtime, acct: AccountConfig, opts: PassOptions) -> 
     the future, or a server whose clock runs ahead, would otherwise never settle).
     """
     settle = rt.config.sync.settle_seconds
-    known = _known(rt.manifest.files(acct.id))
     scan = await scan_folder(
         acct.folder, known, now=time.time(), settle_seconds=settle, on_progress=opts.on_hashed
     )
@@ -233,10 +235,6 @@ def _stats(root: Path, paths: list[str]) -> dict[str, tuple[int, int] | None]:
             continue
         out[path] = (st.st_size, st.st_mtime_ns)
     return out
-
-
-def _known(files: Mapping[str, FileRecord]) -> dict[str, Known]:
-    return {p: Known(r.size, r.mtime_ns, r.md5) for p, r in files.items() if r.md5}
 
 
 async def _list_remote(channel: AccountChannel) -> dict[str, RemoteImage] | None:

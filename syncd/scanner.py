@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from stat import S_ISDIR, S_ISLNK, S_ISREG
+from typing import Protocol
 
 from syncd.filters import (
     MAX_IMAGE_BYTES,
@@ -40,6 +41,18 @@ class Known:
     size: int
     mtime_ns: int
     md5: str | None
+
+
+class KnownLike(Protocol):
+    """Anything with a known file's size, mtime and MD5 (a `Known`, or a manifest row as it
+    is: a 100,000-file pass should not copy every row just to compare three fields)."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def mtime_ns(self) -> int: ...
+    @property
+    def md5(self) -> str | None: ...
 
 
 @dataclass(slots=True, repr=False)
@@ -108,7 +121,7 @@ def walk(root: Path | str, *, stop: threading.Event | None = None) -> Iterator[W
 
 async def scan_folder(
     root: Path | str,
-    known: Mapping[str, Known],
+    known: Mapping[str, KnownLike],
     *,
     now: float,
     settle_seconds: float,
@@ -134,7 +147,7 @@ async def scan_folder(
 async def examine_paths(
     root: Path | str,
     paths: Iterable[str] | None,
-    known: Mapping[str, Known],
+    known: Mapping[str, KnownLike],
     *,
     now: float,
     settle_seconds: float = 0.0,
@@ -316,7 +329,7 @@ def _add(found: WalkEntry | None, listing: _Listing) -> None:
 def _survey(
     root: str,
     paths: list[str] | None,
-    known: Mapping[str, Known],
+    known: Mapping[str, KnownLike],
     now: float,
     settle_seconds: float,
     stop: threading.Event,
