@@ -202,8 +202,10 @@ def _decode(
     if 200 <= status < 300:
         if isinstance(payload, dict) and "error" not in payload:
             return payload
-        if payload is None:
-            raise TransientError("answer is not JSON", status=status)
+        if not isinstance(payload, dict):
+            # A proxy's page, a truncated body, a bare list: not Meta's answer, so nothing is
+            # known about the file; try again later rather than mark it failed for good.
+            raise TransientError("answer is not a JSON object", status=status)
     body = parse_error_body(payload)
     if body is not None:
         message = body.message
