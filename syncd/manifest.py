@@ -422,7 +422,10 @@ def _image(r: tuple[Any, ...]) -> ImageRecord:
 
 def _sqlite_reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    if "not a database" in text or "malformed" in text:
+    text = text.split(" with text ")[0]  # sqlite would quote the damaged bytes themselves
+    if "unable to open database file" in text:
+        return f"{text} (cannot create or open it: does its directory exist, and is it writable?)"
+    if "not a database" in text or "malformed" in text or "Could not decode" in text:
         return f"{text} (the file is damaged: move it aside and run `syncd --reconcile` to rebuild)"
     if "readonly" in text or "read-only" in text:
         return f"{text} (the manifest or its directory is not writable)"
