@@ -433,19 +433,15 @@ class AccountDaemon:
         by the guard) are looked at again every SWEEP_RECHECK_SECONDS, not in a hot loop."""
         grace = self.rt.config.sync.delete_grace_seconds
         now = time.time()
-        due_times = [
-            i.gone_since + grace
-            for i in self.rt.manifest.images(self.account)
-            if i.gone_since is not None and i.gone_since + grace > now
-        ]
-        if not due_times:
+        start = self.rt.manifest.earliest_gone(self.account, after=now - grace)
+        if start is None:
             return SWEEP_RECHECK_SECONDS
-        return max(0.01, min(SWEEP_RECHECK_SECONDS, min(due_times) - now))
+        return max(0.01, min(SWEEP_RECHECK_SECONDS, start + grace - now))
 
     async def _sweep(self) -> None:
         """Delete images whose grace has run out, with the same rules as reconcile."""
-        if not self._folder_ok:
-            return
+        if not self._folder_ok or self.rt.manifest.earliest_gone(self.account) is None:
+            return  # nothing is waiting for deletion: no need to plan over every row
         state = await asyncio.to_thread(folder_state, self.acct.folder)
         if state is not FolderState.OK:
             return

@@ -274,6 +274,14 @@ class SqliteManifest:
         )
         return _image(rows[0]) if rows else None
 
+    def earliest_gone(self, account: str, after: float | None = None) -> float | None:
+        """The earliest grace start (after `after`, if given): when the next sweep is due."""
+        rows = self._tuples(
+            "SELECT MIN(gone_since) FROM images WHERE account = ? AND gone_since > ?",
+            (account, float("-inf") if after is None else after),
+        )
+        return rows[0][0] if rows else None
+
     def last_scan(self, account: str) -> tuple[float | None, str | None]:
         """When the account's folder was last fully scanned, and the last account-level error."""
         rows = self._query(
