@@ -151,8 +151,15 @@ async def sync_account(rt: Runtime, acct: AccountConfig, opts: PassOptions) -> P
 async def _one_pass(
     rt: Runtime, acct: AccountConfig, opts: PassOptions, result: PassResult
 ) -> bool:
-    files = rt.manifest.files(acct.id)  # read once per pass: it is the biggest read there is
-    scan = await _settled_scan(rt, acct, opts, files)
+    channel = rt.channels[acct.id]
+    # The remote listing (network-bound) runs while the folder is scanned (disk-bound).
+    listing = asyncio.create_task(_list_remote(channel))
+    try:
+        files = rt.manifest.files(acct.id)  # read once per pass: the biggest read there is
+        scan = await _settled_scan(rt, acct, opts, files)
+    except BaseException:
+        listing.cancel()
+        raise
     report = result.report
     if scan.folder_state is not FolderState.OK:
         report.folder_error = f"folder {acct.folder} is {scan.folder_state.value}"
@@ -162,8 +169,7 @@ async def _one_pass(
             folder=str(acct.folder),
             state=scan.folder_state.value,
         )
-    channel = rt.channels[acct.id]
-    remote = await _list_remote(channel)
+    remote = await listing
     if channel.auth_error is not None:
         report.auth_failed = channel.auth_error.reason
         return False
