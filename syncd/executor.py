@@ -102,26 +102,14 @@ class Executor:
         m.set_gone(self.account, plan.start_grace, self._clock())
         m.set_gone(self.account, plan.cancel_grace, None)
         for record in plan.record:
-            log.info(
-                "file_skipped",
-                account=self.account,
-                path=display_path(record.path),
-                reason=record.last_error,
-            )
+            log.info("file_skipped", **self._fields(record), reason=record.last_error)
         for record in plan.unreadable:
-            log.warning(
-                "file_unreadable",
-                account=self.account,
-                path=display_path(record.path),
-                reason=record.last_error,
-            )
+            log.warning("file_unreadable", **self._fields(record), reason=record.last_error)
         for record in plan.link:
-            log.debug(
-                "file_linked",
-                account=self.account,
-                path=display_path(record.path),
-                hash=record.remote_hash,
-            )
+            log.debug("file_linked", **self._fields(record), hash=record.remote_hash)
+
+    def _fields(self, record: FileRecord) -> dict[str, str]:
+        return {"account": self.account, "path": display_path(record.path)}
 
     async def run(self, plan: Plan, ctx: UploadContext, report: PassReport) -> None:
         """Apply the whole plan: records first, then uploads, then deletions."""

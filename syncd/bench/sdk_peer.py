@@ -20,8 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from facebook_business.adobjects.adimage import AdImage  # type: ignore[import-untyped]
-from facebook_business.api import FacebookAdsApi  # type: ignore[import-untyped]
+from facebook_business.adobjects.adimage import AdImage
+from facebook_business.api import FacebookAdsApi
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff")
 
