@@ -220,14 +220,13 @@ class AccountDaemon:
     def _move_path(self, src: str, dest: str) -> None:
         row = self.rt.manifest.file(self.account, src)
         self._settle.forget(src)
-        if row is None or row.state is FileState.SKIPPED:
-            if row is not None:
-                self.rt.manifest.forget_files(self.account, [src])
-            self._dirty.add(dest)  # e.g. "x.jpg.part" renamed to "x.jpg": a new file
-            self._wake_settle.set()
-            return
-        self.rt.manifest.move_files(self.account, [(row, dest)])
-        self._dirty.add(dest)  # confirmed cheaply: size and mtime match, nothing is read
+        if row is not None and row.state is FileState.SKIPPED:
+            self.rt.manifest.forget_files(self.account, [src])
+        elif row is not None:
+            self.rt.manifest.move_files(self.account, [(row, dest)])
+        # Either way dest is looked at: a known row is confirmed cheaply (size and mtime match,
+        # nothing is read); no row ("x.jpg.part" renamed to "x.jpg") makes it a new file.
+        self._dirty.add(dest)
         self._wake_settle.set()
 
     def _move_dir(self, src: str, dest: str) -> None:

@@ -58,6 +58,17 @@ def _sh(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
+def _manifest_immutable(env: SyncEnv) -> Iterator[None]:
+    """The manifest, its WAL files and its directory made immutable for the block."""
+    parent = env.manifest.parent
+    paths = [parent, env.manifest, *parent.glob("*-wal"), *parent.glob("*-shm")]
+    with contextlib.ExitStack() as stack:
+        for path in paths:
+            stack.enter_context(_immutable(path))
+        yield
+
+
+@contextlib.contextmanager
 def _immutable(path: Path) -> Iterator[None]:
     if shutil.which("chattr") is None:
         pytest.skip("chattr is not installed")
@@ -324,14 +335,7 @@ def test_manifest_unwritable_under_the_daemon_then_recovers(env: SyncEnv) -> Non
     daemon = DaemonProc(env.config_path, env.token)
     try:
         daemon.wait_event("scan_complete")
-        files = [
-            env.manifest,
-            *env.manifest.parent.glob("*-wal"),
-            *env.manifest.parent.glob("*-shm"),
-        ]
-        with contextlib.ExitStack() as stack:
-            for path in [env.manifest.parent, *files]:
-                stack.enter_context(_immutable(path))
+        with _manifest_immutable(env):
             posts = len(env.requests("POST"))
             write_image(env.folder() / "while-readonly.png", "png", 50)
             daemon.wait_event("file_processing_error", timeout=20)
@@ -355,14 +359,7 @@ def test_daemon_rescans_again_after_a_manifest_error_in_a_full_pass(env: SyncEnv
     try:
         daemon.wait_event("scan_complete")
         # The event path fails on the manifest, then a SIGHUP pass fails on it too.
-        files = [
-            env.manifest,
-            *env.manifest.parent.glob("*-wal"),
-            *env.manifest.parent.glob("*-shm"),
-        ]
-        with contextlib.ExitStack() as stack:
-            for path in [env.manifest.parent, *files]:
-                stack.enter_context(_immutable(path))
+        with _manifest_immutable(env):
             write_image(env.folder() / "during.png", "png", 60)
             daemon.wait_event("file_processing_error", timeout=20)  # the event path failed
             daemon.signal(signal.SIGHUP)  # and so does the full pass
