@@ -153,6 +153,7 @@ async def _one_pass(
 ) -> bool:
     channel = rt.channels[acct.id]
     # The remote listing (network-bound) runs while the folder is scanned (disk-bound).
+    listed_at = time.time()
     listing = asyncio.create_task(_list_remote(channel))
     try:
         files = rt.manifest.files(acct.id)  # read once per pass: the biggest read there is
@@ -178,7 +179,7 @@ async def _one_pass(
     intents = manifest.intents(acct.id)
     if not opts.dry_run and scan.folder_state is FolderState.OK:
         images = _resolve_intents(rt, acct.id, scan, intents, remote, images)
-    view = _view(acct.id, scan, files, images, remote)
+    view = _view(acct.id, scan, files, images, remote, listed_at)
     plan = plan_account(view, policy_for(rt.config, opts.allow_mass_delete))
     result.plan = plan
     result.skips = [(s.path, s.reason) for s in scan.skips]
@@ -290,6 +291,7 @@ def _view(
     files: Mapping[str, FileRecord],
     images: list[ImageRecord],
     remote: Mapping[str, RemoteImage] | None,
+    listed_at: float,
 ) -> AccountView:
     return AccountView(
         account=account,
@@ -302,6 +304,7 @@ def _view(
         unsure=[*scan.unsettled, *(e.path for e in scan.errors)],
         scan_complete=not scan.incomplete,
         remote=remote,
+        remote_as_of=listed_at,
         unreadable=scan.errors,
     )
 

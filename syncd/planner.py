@@ -16,6 +16,7 @@ The safety rules live here and only here:
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ class AccountView:
     scan_complete: bool = True  # False: a subfolder could not be listed
     unreadable: Sequence[Skip] = ()  # files or folders that exist but could not be read now
     remote: Mapping[str, RemoteImage] | None = None  # None: the listing was not available
+    # When the listing began: an image recorded after that (a live upload racing the pass)
+    # is simply not in it yet, and must not be taken for one deleted remotely.
+    remote_as_of: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +146,9 @@ def _live_images(view: AccountView, plan: Plan) -> list[ImageRecord]:
     live: list[ImageRecord] = []
     for image in view.images:
         remote = view.remote.get(image.hash)
-        if remote is None or remote.status == "DELETED":
+        if image.uploaded_at >= view.remote_as_of:
+            live.append(image)
+        elif remote is None or remote.status == "DELETED":
             plan.stale.append(image.md5)
         else:
             live.append(image)

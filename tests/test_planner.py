@@ -384,3 +384,14 @@ def test_never_deletes_an_image_a_creative_uses(rows: list[tuple[str, bool, bool
     fresh = {h: RemoteImage(h, creatives=("c",) if c else (), in_adgroups=a) for h, c, a in rows}
     delete, _, _ = confirm_deletions(due, fresh)
     assert all(not fresh[d.hash].in_use for d in delete)
+
+
+def test_image_recorded_after_the_listing_began_is_not_stale() -> None:
+    f = local("a.jpg", "m1")
+    racing = ImageRecord(ACC, "h-m1", "m1", ImageOrigin.UPLOADED, NOW - 1)
+    plan = plan_account(view(local=[f], images=[racing], remote={}, remote_as_of=NOW - 5), POLICY)
+    assert plan.stale == []
+    assert plan.uploads == []
+    older = ImageRecord(ACC, "h-m1", "m1", ImageOrigin.UPLOADED, NOW - 10)
+    stale = plan_account(view(local=[f], images=[older], remote={}, remote_as_of=NOW - 5), POLICY)
+    assert stale.stale == ["m1"]
