@@ -12,7 +12,7 @@ import bisect
 import json
 import operator
 from base64 import b64decode, b64encode
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from yarl import URL
 
@@ -44,68 +44,102 @@ def list_images(
     """One page of the account's images; `url` (absolute) is the request's, for `next`."""
     names = parse_fields(query.get("fields"), IMAGE_DEFAULT_FIELDS, "AdImage")
     limit = _limit(query.get("limit"), state.config)
-    matching = _matching(state, account, query)
-    page = _page(matching, limit, query)
+    acct = state.accounts.get(account)
+    order = [] if acct is None else acct.order
+    keep = _filter(query)
+    page, newer, older = _window(order, keep, limit, query)
     base = str(url.origin())
     body: dict[str, object] = {"data": [image_fields(image, names, base) for image in page]}
     if page:
-        body["paging"] = _paging(matching, page, url)
+        body["paging"] = _paging(page, newer, older, url)
     if query.get("summary", "").strip().lower() in _SUMMARY_ON:
-        body["summary"] = {"total_count": len(matching)}
+        body["summary"] = {"total_count": sum(1 for image in order if keep(image))}
     return body
 
 
-def _matching(state: EmulatorState, account: str, query: Mapping[str, str]) -> list[StoredImage]:
-    """The filtered images, newest first."""
-    acct = state.accounts.get(account)
-    # Images are stored in creation order, so this sort is one linear pass (Timsort runs),
-    # not n log n per page: a 100,000-image listing must not cost the emulator minutes.
-    images = [] if acct is None else sorted(acct.images.values(), key=_SEQ, reverse=True)
+Keep = Callable[[StoredImage], bool]
+
+
+def _filter(query: Mapping[str, str]) -> Keep:
+    """Which images the query asks for (every parameter is checked before any paging)."""
     hashes = _hashes(query.get("hashes"))
-    if hashes is None:
-        images = [image for image in images if image.status != DELETED]
-    else:
-        # Asked for by hash, a deleted image is still shown, with status DELETED.
-        images = [image for image in images if image.hash in hashes]
-    if "name" in query:
-        images = [image for image in images if image.name == query["name"]]
+    name = query.get("name")
     min_width = _int_param(query, "minwidth", 0)
     min_height = _int_param(query, "minheight", 0)
-    return [i for i in images if i.info.width >= min_width and i.info.height >= min_height]
+
+    def keep(image: StoredImage) -> bool:
+        if hashes is None:
+            if image.status == DELETED:
+                return False
+        elif image.hash not in hashes:
+            return False  # asked for by hash, a deleted image is still shown, as DELETED
+        if name is not None and image.name != name:
+            return False
+        return image.info.width >= min_width and image.info.height >= min_height
+
+    return keep
 
 
-def _page(matching: list[StoredImage], limit: int, query: Mapping[str, str]) -> list[StoredImage]:
-    # `matching` is newest first (seq descending): cursors are found by bisection.
+def _window(
+    order: list[StoredImage], keep: Keep, limit: int, query: Mapping[str, str]
+) -> tuple[list[StoredImage], bool, bool]:
+    """The page (newest first), and whether kept images exist newer and older than it
+    (both False for an empty page, which has no links).
+
+    `order` is the account's creation order (seq ascending). A page costs a bisection and a
+    walk of about `limit` images, not a pass over the account: a 100,000-image listing of
+    200 pages must not cost the emulator a pass over 100,000 images per page.
+    """
+    if "before" in query:  # the `limit` kept images just newer than the cursor
+        start = bisect.bisect_right(order, _decode_cursor(query["before"]), key=_SEQ)
+        taken = _take(order, range(start, len(order)), keep, limit)
+        if not taken:
+            return [], False, False
+        newer_from = taken[-1] + 1
+        page = [order[i] for i in reversed(taken)]
+        newer = _any(order, range(newer_from, len(order)), keep)
+        return page, newer, _any(order, range(start - 1, -1, -1), keep)
+    end = len(order)
     if "after" in query:
-        after = _decode_cursor(query["after"])
-        start = bisect.bisect_right(matching, -after, key=_NEG_SEQ)
-        return matching[start : start + limit]
-    if "before" in query:
-        before = _decode_cursor(query["before"])
-        end = bisect.bisect_left(matching, -before, key=_NEG_SEQ)
-        return matching[max(0, end - limit) : end]
-    return matching[:limit]
+        end = bisect.bisect_left(order, _decode_cursor(query["after"]), key=_SEQ)
+    taken = _take(order, range(end - 1, -1, -1), keep, limit)
+    if not taken:
+        return [], False, False
+    older_from = taken[-1] - 1
+    newer = _any(order, range(end, len(order)), keep)
+    return [order[i] for i in taken], newer, _any(order, range(older_from, -1, -1), keep)
 
 
-def _paging(matching: list[StoredImage], page: list[StoredImage], url: URL) -> dict[str, object]:
+def _take(order: list[StoredImage], where: range, keep: Keep, limit: int) -> list[int]:
+    """The indices of the first `limit` kept images along `where`."""
+    taken: list[int] = []
+    for i in where:
+        if keep(order[i]):
+            taken.append(i)
+            if len(taken) == limit:
+                break
+    return taken
+
+
+def _any(order: list[StoredImage], where: range, keep: Keep) -> bool:
+    return any(keep(order[i]) for i in where)
+
+
+def _paging(page: list[StoredImage], newer: bool, older: bool, url: URL) -> dict[str, object]:
     first, last = page[0].seq, page[-1].seq
     paging: dict[str, object] = {
         "cursors": {"before": _encode_cursor(first), "after": _encode_cursor(last)}
     }
     # The same parameters, cursor swapped. A token that came in the header stays out of it.
     rest = [(k, v) for k, v in url.query.items() if k not in ("after", "before")]
-    if matching[-1].seq < last:  # newest first: the oldest is last
+    if older:
         paging["next"] = str(url.with_query([*rest, ("after", _encode_cursor(last))]))
-    if matching[0].seq > first:
+    if newer:
         paging["previous"] = str(url.with_query([*rest, ("before", _encode_cursor(first))]))
     return paging
 
 
 _SEQ = operator.attrgetter("seq")
-
-
-def _NEG_SEQ(image: StoredImage) -> int:
-    return -image.seq
 
 
 def _encode_cursor(seq: int) -> str:

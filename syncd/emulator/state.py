@@ -40,6 +40,7 @@ class AccountState:
 
     account_id: str
     images: dict[str, StoredImage] = field(default_factory=dict)
+    order: list[StoredImage] = field(default_factory=list)  # creation order: seq ascending
     next_seq: int = 1
     posts: int = 0
     deletes: int = 0
@@ -119,6 +120,7 @@ class EmulatorState:
             seq = acct.next_seq
             image = StoredImage(acct.account_id, digest, name[:100], data, info, seq, now, now)
             acct.images[digest] = image
+            acct.order.append(image)
             acct.next_seq += 1
         elif image.status == DELETED:
             image.status = ACTIVE
@@ -157,8 +159,9 @@ class EmulatorState:
         acct = self.accounts.get(account_digits(account))
         if acct is None:
             return []
-        found = sorted(acct.images.values(), key=lambda image: image.seq)
-        return [describe(image) for image in found if include_deleted or image.status != DELETED]
+        return [
+            describe(image) for image in acct.order if include_deleted or image.status != DELETED
+        ]
 
     def post_count(self, account: str | None = None) -> int:
         """POSTs that stored images (answered or dropped after processing)."""
