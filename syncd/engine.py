@@ -22,7 +22,7 @@ from syncd.channel import AccountChannel
 from syncd.config import AccountConfig, Config
 from syncd.errors import AuthError, GraphError
 from syncd.executor import Executor, PassReport, UploadContext
-from syncd.graph import GraphClient
+from syncd.graph import LIST_FIELDS, LIST_FIELDS_WITH_CREATED, GraphClient
 from syncd.manifest import SqliteManifest
 from syncd.models import (
     FileRecord,
@@ -152,9 +152,12 @@ async def _one_pass(
     rt: Runtime, acct: AccountConfig, opts: PassOptions, result: PassResult
 ) -> bool:
     channel = rt.channels[acct.id]
+    # Intents are taken before the listing: only uploads begun before it can be found in it.
+    intents = rt.manifest.intents(acct.id)
     # The remote listing (network-bound) runs while the folder is scanned (disk-bound).
     listed_at = time.time()
-    listing = asyncio.create_task(_list_remote(channel))
+    fields = LIST_FIELDS_WITH_CREATED if intents else LIST_FIELDS
+    listing = asyncio.create_task(_list_remote(channel, fields))
     try:
         files = rt.manifest.files(acct.id)  # read once per pass: the biggest read there is
         scan = await _settled_scan(rt, acct, opts, files)
@@ -176,7 +179,6 @@ async def _one_pass(
         return False
     manifest = rt.manifest
     images = manifest.images(acct.id)
-    intents = manifest.intents(acct.id)
     if not opts.dry_run and scan.folder_state is FolderState.OK:
         images = _resolve_intents(rt, acct.id, scan, intents, remote, images)
     view = _view(acct.id, scan, files, images, remote, listed_at)
@@ -244,9 +246,9 @@ def _stats(root: Path, paths: list[str]) -> dict[str, tuple[int, int] | None]:
     return out
 
 
-async def _list_remote(channel: AccountChannel) -> dict[str, RemoteImage] | None:
+async def _list_remote(channel: AccountChannel, fields: str) -> dict[str, RemoteImage] | None:
     try:
-        return await channel.list_all()
+        return await channel.list_all(fields)
     except GraphError as exc:
         # Without the listing the pass still uploads and deletes safely; it only cannot
         # notice images deleted remotely or adopt existing ones.

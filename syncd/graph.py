@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from sys import intern
 from typing import Any
 
 import aiohttp
@@ -35,7 +36,9 @@ MAX_NAME = 100  # Meta's limit on an image name
 HASHES_PER_READ = 50  # hashes per `hashes=` read, to keep URLs short
 LIST_PAGE = 500
 MAX_BODY = 8 * 1024 * 1024  # a Graph answer bigger than this is a proxy's garbage
-LIST_FIELDS = "hash,name,status,created_time"
+LIST_FIELDS = "hash,name,status"
+# `created_time` is only needed to claim uploads a crash interrupted (see planner.claim_intents).
+LIST_FIELDS_WITH_CREATED = f"{LIST_FIELDS},created_time"
 CHECK_FIELDS = "hash,status,creatives,is_associated_creatives_in_adgroups"
 
 HeadersObserver = Callable[[str, Mapping[str, str]], None]
@@ -268,12 +271,18 @@ def _image(item: object) -> RemoteImage | None:
     image_hash = item.get("hash")
     if not isinstance(image_hash, str) or not image_hash:
         return None
-    creative_ids, readable = _creatives(item.get("creatives"))
-    in_adgroups = item.get("is_associated_creatives_in_adgroups")
+    name, status = _text(item.get("name")), _text(item.get("status")) or "ACTIVE"
+    creatives, in_adgroups = item.get("creatives"), item.get("is_associated_creatives_in_adgroups")
+    if creatives is None and in_adgroups is None:
+        # A listing page (500 of these per call, every pass): no creatives to read. Interned,
+        # the hash is the manifest's own string and "ACTIVE" is one string, not 100,000.
+        created = _text(item.get("created_time"))
+        return RemoteImage(intern(image_hash), name, intern(status), (), False, created)
+    creative_ids, readable = _creatives(creatives)
     return RemoteImage(
         hash=image_hash,
-        name=_text(item.get("name")),
-        status=_text(item.get("status")) or "ACTIVE",
+        name=name,
+        status=status,
         creatives=creative_ids,
         in_adgroups=in_adgroups is True,
         created_time=_text(item.get("created_time")),
@@ -305,7 +314,7 @@ def _creatives(value: object) -> tuple[tuple[str, ...], bool]:
 
 
 def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
+    return value if type(value) is str else ""  # exactly str: a subclass is not a JSON string
 
 
 def _next_cursor(body: Mapping[str, Any]) -> str | None:

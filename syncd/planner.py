@@ -152,32 +152,73 @@ def _live_images(view: AccountView, plan: Plan) -> list[ImageRecord]:
             plan.stale.append(image.md5)
         else:
             live.append(image)
+    plan.stale.sort()
     return live
 
 
 def _plan_files(view: AccountView, hash_of: Mapping[str, str], plan: Plan) -> None:
     by_md5: dict[str, list[LocalFile]] = defaultdict(list)
-    for local in view.local:
-        by_md5[local.md5].append(local)
+    files, synced = view.files, FileState.SYNCED
+    for f in view.local:
+        row = files.get(f.path)
+        if (
+            row is not None
+            and row.state is synced
+            and row.md5 == f.md5
+            and row.size == f.size
+            and row.mtime_ns == f.mtime_ns
+            and row.remote_hash is not None
+            and row.remote_hash == hash_of.get(f.md5)
+        ):
+            continue  # steady: recorded as synced to the hash its content maps to
+        by_md5[f.md5].append(f)
     remote_names = _unclaimed_remote_names(view, hash_of)
-    for md5, holders in sorted(by_md5.items()):
-        holders.sort(key=lambda f: f.path)
+    # Groups are visited as they come and only what they produce is sorted (by md5, then
+    # path), so the plan is the same as visiting them in order: a 100,000-file pass with
+    # nothing to do should not sort 100,000 groups to find that out.
+    links: list[tuple[str, list[FileRecord]]] = []
+    failures: list[tuple[str, list[str]]] = []
+    for md5, holders in by_md5.items():
+        if len(holders) > 1:
+            holders.sort(key=_path)
         image_hash = hash_of.get(md5)
         if image_hash is not None:
-            plan.link.extend(_changed_links(view, holders, image_hash))
+            if changed := _changed_links(view, holders, image_hash):
+                links.append((md5, changed))
         elif _failed_unchanged(view, holders):
-            plan.unchanged_failures.extend(f.path for f in holders)
+            failures.append((md5, [f.path for f in holders]))
         else:
             name = upload_name(holders[0].path)
             plan.uploads.append(Upload(md5, tuple(holders), name, adopt=name in remote_names))
+    plan.uploads.sort(key=_md5)
+    plan.link.extend(r for _, rows in sorted(links, key=_first) for r in rows)
+    plan.unchanged_failures.extend(p for _, paths in sorted(failures, key=_first) for p in paths)
     _plan_unreadable(view, plan)
     for skip in view.skips:
         row = view.files.get(skip.path)
         if row is None or row.state is not FileState.SKIPPED or row.last_error != skip.reason:
             plan.record.append(_skip_record(view.account, skip))
     if view.scan_complete:
-        present = {f.path for f in view.local} | {s.path for s in view.skips} | set(view.unsure)
+        present = {f.path for f in view.local}
+        present.update(s.path for s in view.skips)
+        present.update(view.unsure)
         plan.forget.extend(sorted(p for p in view.files if p not in present))
+
+
+def _image_md5(image: ImageRecord) -> str:
+    return image.md5
+
+
+def _path(f: LocalFile) -> str:
+    return f.path
+
+
+def _md5(up: Upload) -> str:
+    return up.md5
+
+
+def _first(pair: tuple[str, object]) -> str:
+    return pair[0]
 
 
 def _plan_unreadable(view: AccountView, plan: Plan) -> None:
@@ -213,13 +254,16 @@ def _changed_links(
 ) -> list[FileRecord]:
     """Synced rows for these files, only where the manifest does not already say so."""
     out: list[FileRecord] = []
+    files, synced = view.files, FileState.SYNCED
     for f in holders:
-        row = view.files.get(f.path)
+        row = files.get(f.path)
         if (
             row is not None
-            and row.state is FileState.SYNCED
+            and row.state is synced
             and row.remote_hash == image_hash
-            and (row.size, row.mtime_ns, row.md5) == (f.size, f.mtime_ns, f.md5)
+            and row.size == f.size
+            and row.mtime_ns == f.mtime_ns
+            and row.md5 == f.md5
         ):
             continue
         out.append(synced_record(view.account, f, image_hash))
@@ -242,14 +286,21 @@ def _plan_deletions(
 ) -> None:
     held = {f.md5 for f in view.local}
     held.update(row.md5 for p in view.unsure if (row := view.files.get(p)) and row.md5)
+    # An image is held when any content that maps to its hash is. Held images (nearly all,
+    # in a steady state) need nothing but their grace clocks stopped; only the rest are
+    # grouped and visited, in hash order.
+    held_hashes = {image.hash for image in live if image.md5 in held}
+    cancel: list[tuple[str, str]] = []
     by_hash: dict[str, list[ImageRecord]] = defaultdict(list)
     for image in live:
-        by_hash[image.hash].append(image)
+        if image.hash not in held_hashes:
+            by_hash[image.hash].append(image)
+        elif image.gone_since is not None:
+            cancel.append((image.hash, image.md5))
+    plan.cancel_grace.extend(md5 for _, md5 in sorted(cancel))
     due: list[Deletion] = []
-    for image_hash, rows in sorted(by_hash.items()):
-        if any(r.md5 in held for r in rows):
-            plan.cancel_grace.extend(r.md5 for r in rows if r.gone_since is not None)
-            continue
+    for image_hash in sorted(by_hash):
+        rows = sorted(by_hash[image_hash], key=_image_md5)
         if not view.scan_complete:
             continue  # a partial walk cannot tell that a file is gone
         if any(r.origin is not ImageOrigin.UPLOADED for r in rows):
@@ -258,7 +309,7 @@ def _plan_deletions(
         deletion = _due(view, rows, policy, plan)
         if deletion is not None:
             due.append(deletion)
-    _guard(view, by_hash, due, policy, plan)
+    _guard(view, live, due, policy, plan)
 
 
 def _due(
@@ -278,7 +329,7 @@ def _due(
 
 def _guard(
     view: AccountView,
-    by_hash: Mapping[str, Sequence[ImageRecord]],
+    live: Sequence[ImageRecord],
     due: list[Deletion],
     policy: Policy,
     plan: Plan,
@@ -286,9 +337,10 @@ def _guard(
     if not view.scan_complete:
         plan.guard = "part of the folder could not be read"
     elif due and not policy.allow_mass_delete:
-        total = sum(
-            1 for rows in by_hash.values() if all(r.origin is ImageOrigin.UPLOADED for r in rows)
-        )
+        owned: dict[str, bool] = {}  # hash -> every row of it was uploaded by syncd
+        for image in live:
+            owned[image.hash] = owned.get(image.hash, True) and image.origin is ImageOrigin.UPLOADED
+        total = sum(owned.values())
         nothing_local = not view.local and not view.skips and not view.unsure
         if nothing_local:
             plan.guard = "folder is empty (looks unmounted)"

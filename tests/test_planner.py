@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -395,3 +398,17 @@ def test_image_recorded_after_the_listing_began_is_not_stale() -> None:
     older = ImageRecord(ACC, "h-m1", "m1", ImageOrigin.UPLOADED, NOW - 10)
     stale = plan_account(view(local=[f], images=[older], remote={}, remote_as_of=NOW - 5), POLICY)
     assert stale.stale == ["m1"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(views(), policies, st.randoms(use_true_random=False))
+def test_the_plan_does_not_depend_on_input_order(
+    v: AccountView, policy: Policy, rnd: random.Random
+) -> None:
+    """Scandir order and row order vary; the plan (order included) must not."""
+    local, images = list(v.local), list(v.images)
+    rnd.shuffle(local)
+    rnd.shuffle(images)
+    files = dict(rnd.sample(list(v.files.items()), len(v.files)))
+    shuffled = dataclasses.replace(v, local=local, images=images, files=files)
+    assert plan_account(shuffled, policy) == plan_account(v, policy)

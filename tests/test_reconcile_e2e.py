@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -10,6 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import ACCOUNT, ACCOUNT_B, TOKEN, SyncEnv, set_faults, set_tokens, throttle
 from images import gif_bytes, jpeg_bytes, png_bytes, write_image
+
+from syncd.manifest import SqliteManifest
+from syncd.models import UploadIntent
 
 pytestmark = pytest.mark.e2e
 
@@ -349,3 +353,25 @@ def test_settling_waits_for_writers_and_accepts_future_mtimes(env: SyncEnv) -> N
     assert result.code == 0, result.output
     assert sorted(i["name"] for i in env.images()) == ["future.png", "recent.png"]
     assert any(e.get("event") == "waiting_for_writers" for e in result.events())
+
+
+def test_an_interrupted_upload_of_a_file_since_removed_is_claimed(env: SyncEnv) -> None:
+    """A crash after the POST, before its answer was recorded, and the file is gone since:
+    the image named as the intent and created after it is claimed as syncd's own, so it is
+    deleted like any image whose file went (grace 0 here). It is found through the listing's
+    `created_time`, which is asked for only when there are intents."""
+    data = png_bytes(7)
+    md5 = hashlib.md5(data).hexdigest()
+    env.manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest = SqliteManifest.open(env.manifest)
+    manifest.begin_upload(UploadIntent(ACCOUNT, md5, "gone.png", "gone.png", time.time() - 5))
+    manifest.close()
+    image_hash = env.emu.call(env.emu.state.upload, ACCOUNT, "gone.png", data)["hash"]
+    (env.folder() / "kept.png").write_bytes(png_bytes(8))
+    run = env.reconcile()
+    assert run.code == 0, run.stderr
+    assert '"event": "intent_claimed"' in run.stdout
+    active = {i["hash"] for i in env.emu.call(env.emu.state.images, ACCOUNT)}
+    assert image_hash not in active
+    assert len(active) == 1  # kept.png
+    assert env.sql("SELECT COUNT(*) FROM intents") == [(0,)]
