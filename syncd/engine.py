@@ -22,7 +22,7 @@ from syncd.channel import AccountChannel
 from syncd.config import AccountConfig, Config
 from syncd.errors import AuthError, GraphError
 from syncd.executor import Executor, PassReport, UploadContext
-from syncd.graph import LIST_FIELDS, LIST_FIELDS_WITH_CREATED, GraphClient
+from syncd.graph import GraphClient, list_fields
 from syncd.manifest import SqliteManifest
 from syncd.models import (
     FileRecord,
@@ -156,7 +156,7 @@ async def _one_pass(
     intents = rt.manifest.intents(acct.id)
     # The remote listing (network-bound) runs while the folder is scanned (disk-bound).
     listed_at = time.time()
-    fields = LIST_FIELDS_WITH_CREATED if intents else LIST_FIELDS
+    fields = list_fields(names=opts.dry_run, created=bool(intents))
     listing = asyncio.create_task(_list_remote(channel, fields))
     try:
         files = rt.manifest.files(acct.id)  # read once per pass: the biggest read there is

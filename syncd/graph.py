@@ -36,9 +36,18 @@ MAX_NAME = 100  # Meta's limit on an image name
 HASHES_PER_READ = 50  # hashes per `hashes=` read, to keep URLs short
 LIST_PAGE = 500
 MAX_BODY = 8 * 1024 * 1024  # a Graph answer bigger than this is a proxy's garbage
-LIST_FIELDS = "hash,name,status"
-# `created_time` is only needed to claim uploads a crash interrupted (see planner.claim_intents).
-LIST_FIELDS_WITH_CREATED = f"{LIST_FIELDS},created_time"
+LIST_FIELDS = "hash,status"  # all a pass needs to know which images the account still has
+
+
+def list_fields(*, names: bool = False, created: bool = False) -> str:
+    """The fields a listing asks for. Names show which uploads would adopt an existing image
+    (a dry run's plan); names and creation times claim uploads a crash interrupted
+    (planner.claim_intents). Without them, 100,000 images cost a third less to list."""
+    return (
+        LIST_FIELDS + (",name" if names or created else "") + (",created_time" if created else "")
+    )
+
+
 CHECK_FIELDS = "hash,status,creatives,is_associated_creatives_in_adgroups"
 
 HeadersObserver = Callable[[str, Mapping[str, str]], None]

@@ -172,7 +172,7 @@ def _plan_files(view: AccountView, hash_of: Mapping[str, str], plan: Plan) -> No
         ):
             continue  # steady: recorded as synced to the hash its content maps to
         by_md5[f.md5].append(f)
-    remote_names = _unclaimed_remote_names(view, hash_of)
+    remote_names: set[str] | None = None  # made on the first upload: most passes have none
     # Groups are visited as they come and only what they produce is sorted (by md5, then
     # path), so the plan is the same as visiting them in order: a 100,000-file pass with
     # nothing to do should not sort 100,000 groups to find that out.
@@ -189,6 +189,8 @@ def _plan_files(view: AccountView, hash_of: Mapping[str, str], plan: Plan) -> No
             failures.append((md5, [f.path for f in holders]))
         else:
             name = upload_name(holders[0].path)
+            if remote_names is None:
+                remote_names = _unclaimed_remote_names(view, hash_of)
             plan.uploads.append(Upload(md5, tuple(holders), name, adopt=name in remote_names))
     plan.uploads.sort(key=_md5)
     plan.link.extend(r for _, rows in sorted(links, key=_first) for r in rows)

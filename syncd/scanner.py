@@ -346,8 +346,18 @@ def _survey(
     for candidates, others in _walk_batches(root, stop, paths):
         for path, size, mtime_ns in candidates:
             prior = known.get(path)
-            if prior is not None and prior.md5 and (prior.size, prior.mtime_ns) == (size, mtime_ns):
-                files.append(LocalFile(path, size, mtime_ns, prior.md5))
+            if (
+                prior is not None
+                and prior.md5
+                and prior.size == size
+                and prior.mtime_ns == mtime_ns
+            ):
+                # Unchanged: built from the manifest's own objects (a row's path when it has
+                # one), so the walk's copies are freed: 100,000 files hold one of each, not two.
+                row_path = getattr(prior, "path", None)
+                if isinstance(row_path, str) and row_path == path:
+                    path = row_path
+                files.append(LocalFile(path, prior.size, prior.mtime_ns, prior.md5))
             elif mtime_ns > cutoff_ns:
                 unsettled.append(path)
             else:

@@ -143,6 +143,9 @@ def test_same_content_as_a_foreign_image_is_adopted_not_owned(env: SyncEnv) -> N
     env.emu.call(env.emu.state.upload, ACCOUNT, "x.png", png_bytes(5))
     (env.folder() / "x.png").write_bytes(png_bytes(5))
     (env.folder() / "y.png").write_bytes(png_bytes(6))
+    dry = env.reconcile("--dry-run")  # the listing's names show which upload would adopt
+    assert "adopt   x.png" in dry.stdout
+    assert "upload  y.png" in dry.stdout
     assert env.reconcile().code == 0
     (env.folder() / "x.png").unlink()
     result = env.reconcile()
