@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GC_THRESHOLD = 50_000  # allocations between young-generation collections (default 700)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `syncd` console script."""
     parser = build_parser()
@@ -66,12 +70,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             f"--reconcile, --dry-run and --allow-mass-delete do not go with {args.command}"
         )
+    _tune_gc()
     try:
         return _dispatch(args)
     except ConfigError as exc:
         return _usage_error(str(exc))
     except KeyboardInterrupt:
         return 130
+
+
+def _tune_gc() -> None:
+    """Collect cycles less eagerly than CPython's default (every 700 allocations).
+
+    A pass over 100,000 files makes a million small objects, none of them in a cycle; at the
+    default thresholds the collector re-scans the whole growing heap again and again on the
+    way. Everything loaded so far (modules, config) lives as long as the process: frozen,
+    it is never scanned again.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _dispatch(args: argparse.Namespace) -> int:
