@@ -37,6 +37,9 @@ HASHES_PER_READ = 50  # hashes per `hashes=` read, to keep URLs short
 LIST_PAGE = 500
 MAX_BODY = 8 * 1024 * 1024  # a Graph answer bigger than this is a proxy's garbage
 LIST_FIELDS = "hash,status"  # all a pass needs to know which images the account still has
+CHECK_FIELDS = "hash,status,creatives,is_associated_creatives_in_adgroups"
+
+HeadersObserver = Callable[[str, Mapping[str, str]], None]
 
 
 def list_fields(*, names: bool = False, created: bool = False) -> str:
@@ -46,11 +49,6 @@ def list_fields(*, names: bool = False, created: bool = False) -> str:
     return (
         LIST_FIELDS + (",name" if names or created else "") + (",created_time" if created else "")
     )
-
-
-CHECK_FIELDS = "hash,status,creatives,is_associated_creatives_in_adgroups"
-
-HeadersObserver = Callable[[str, Mapping[str, str]], None]
 
 
 @dataclass(frozen=True, slots=True)
