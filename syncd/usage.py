@@ -9,6 +9,7 @@ raises.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -43,9 +44,22 @@ def parse_usage(headers: Mapping[str, str], account_id: str) -> Usage:
     """Read the usage headers of one response for ad account `account_id` (with or without
     "act_"). Header names are matched case-insensitively. Never raises."""
     by_name = _lowercase_keys(headers)
-    business = _business_entries(_json_object(by_name.get(BUSINESS_HEADER)), account_id)
-    account = _json_object(by_name.get(ACCOUNT_HEADER))
-    app = _json_object(by_name.get(APP_HEADER))
+    raw = (by_name.get(BUSINESS_HEADER), by_name.get(ACCOUNT_HEADER), by_name.get(APP_HEADER))
+    if all(value is None or isinstance(value, str) for value in raw):
+        # Consecutive answers mostly carry the very same three headers: parse each text once.
+        return _parse_texts(*raw, account_id)
+    return _parse(*raw, account_id)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_texts(business: str | None, account: str | None, app: str | None, acct: str) -> Usage:
+    return _parse(business, account, app, acct)
+
+
+def _parse(business_raw: object, account_raw: object, app_raw: object, account_id: str) -> Usage:
+    business = _business_entries(_json_object(business_raw), account_id)
+    account = _json_object(account_raw)
+    app = _json_object(app_raw)
 
     pcts = [_pct(entry.get(field)) for entry in business for field in _PCT_FIELDS]
     pcts.append(_pct(account.get("acc_id_util_pct")))
