@@ -2,9 +2,11 @@
 
 Data flows one way: watcher -> settle tracker -> bounded work queue -> workers (channel ->
 Graph) -> manifest. Full passes (start-up, rescans, lost events, SIGHUP) reuse the reconcile
-engine; between them, file-system events are handled one path at a time. The manifest is the
-daemon's model of the folder: a deleted file's row goes, and when no row holds its content any
-more the image's grace clock starts; the deletion sweep re-checks everything before deleting.
+engine; between them, file-system events are handled one path at a time: a settled file is
+read, checked and hashed in one go (intake.py) and those very bytes are uploaded. The manifest
+is the daemon's model of the folder: a deleted file's row goes, and when no row holds its
+content any more the image's grace clock starts; the deletion sweep re-checks everything
+before deleting.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from syncd.config import AccountConfig
 from syncd.engine import PassOptions, Runtime, policy_for, sync_account
 from syncd.executor import PassReport, UploadContext
 from syncd.graph import upload_name
+from syncd.intake import Verdict, take_in
 from syncd.models import FileRecord, FileState, FolderState, LocalFile, display_path
 from syncd.planner import AccountView, Deletion, Upload, plan_account
 from syncd.scanner import Known, examine_paths, folder_state
@@ -65,6 +68,8 @@ class AccountDaemon:
         self._settle = SettleTracker(sync.settle_seconds)
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=sync.workers * QUEUE_FACTOR)
         self._queued: set[str] = set()
+        self._busy: set[str] = set()  # paths a worker is processing right now
+        self._again: set[str] = set()  # ... that changed again meanwhile
         self._wake_settle = asyncio.Event()
         self._wake_sweep = asyncio.Event()
         self._rescan = asyncio.Event()
@@ -286,6 +291,12 @@ class AccountDaemon:
         while True:
             path = await self._queue.get()
             self._queued.discard(path)
+            if path in self._busy:
+                # Changed again while another worker uploads its earlier content: look again
+                # once that is recorded, so the replaced content's grace clock starts.
+                self._again.add(path)
+                continue
+            self._busy.add(path)
             self._in_flight += 1
             self._idle.clear()
             try:
@@ -300,27 +311,48 @@ class AccountDaemon:
                     error=type(exc).__name__,
                 )
             finally:
-                self._in_flight -= 1
-                if self._in_flight == 0:
-                    self._idle.set()
+                self._done_with(path)
+
+    def _done_with(self, path: str) -> None:
+        self._busy.discard(path)
+        if path in self._again:
+            self._again.discard(path)
+            self._dirty.add(path)
+            self._wake_settle.set()
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
 
     async def _process(self, path: str) -> None:
         if self.stopped_for_auth:
             return
         row = self.rt.manifest.file(self.account, path)
-        known = {path: Known(row.size, row.mtime_ns, row.md5)} if row and row.md5 else {}
-        scan = await examine_paths(self.acct.folder, [path], known, now=time.time())
+        known = Known(row.size, row.mtime_ns, row.md5) if row and row.md5 else None
+        got = await take_in(str(self.acct.folder), path, known)
+        if got.verdict is Verdict.ASK_SCANNER:
+            await self._examine(path, row, known)
+            return
+        report = PassReport(self.account)
+        if got.verdict is Verdict.UNSETTLED:
+            self._dirty.add(path)
+            self._wake_settle.set()
+        elif got.file is not None and got.verdict is Verdict.SKIPPED:
+            self._record_skip(row, path, got.reason, got.file.size, got.file.mtime_ns)
+        elif got.file is not None and not _failed_before(row, got.file):
+            await self._upload_or_link(got.file, row, report, got.data)
+        self._absorb(report)
+
+    async def _examine(self, path: str, row: FileRecord | None, known: Known | None) -> None:
+        """The scanner's full rules for one path the fast path (`take_in`) left to them."""
+        scan = await examine_paths(
+            self.acct.folder, [path], {path: known} if known else {}, now=time.time()
+        )
         report = PassReport(self.account)
         for skip in scan.skips:
             self._record_skip(row, skip.path, skip.reason, skip.size, skip.mtime_ns)
         for f in scan.files:
-            if (
-                row is not None
-                and row.state is FileState.FAILED
-                and ((row.size, row.mtime_ns, row.md5) == (f.size, f.mtime_ns, f.md5))
-            ):
-                continue  # a permanent failure waits for the file to change
-            await self._upload_or_link(f, row, report)
+            if not _failed_before(row, f):
+                await self._upload_or_link(f, row, report)
         for err in scan.errors:
             self._record_unreadable(row, err.path, err.reason, err.size, err.mtime_ns)
         for unsure in scan.unsettled:
@@ -329,12 +361,13 @@ class AccountDaemon:
         self._absorb(report)
 
     async def _upload_or_link(
-        self, f: LocalFile, row: FileRecord | None, report: PassReport
+        self, f: LocalFile, row: FileRecord | None, report: PassReport, data: bytes | None = None
     ) -> None:
+        """`data`: the file's bytes when they were just read and hashed (sent, not re-read)."""
         executor = self.rt.executors[self.account]
         up = Upload(f.md5, (f,), upload_name(f.path))
         ctx = UploadContext(root=self.acct.folder, preexisting=set(), intent_md5s=set())
-        await executor.upload_one(up, ctx, report)
+        await executor.upload_one(up, ctx, report, data)
         if row is not None and row.md5 and row.md5 != f.md5:
             self._content_maybe_gone(row.md5)  # the file was overwritten with new content
 
@@ -476,6 +509,15 @@ class AccountDaemon:
     def _still_gone(self, d: Deletion) -> bool:
         """Right before a DELETE: no file holds the content, none is about to."""
         return not any(self.rt.manifest.paths_with_md5(self.account, m) for m in d.md5s)
+
+
+def _failed_before(row: FileRecord | None, f: LocalFile) -> bool:
+    """A permanent failure of this very content: it waits for the file to change."""
+    return (
+        row is not None
+        and row.state is FileState.FAILED
+        and (row.size, row.mtime_ns, row.md5) == (f.size, f.mtime_ns, f.md5)
+    )
 
 
 def _has_due(view: AccountView) -> bool:

@@ -1,9 +1,10 @@
 """Carries out one account's plan: manifest updates, uploads, then deletions.
 
 Uploads run `workers` at a time. The bytes uploaded are the bytes hashed: each upload re-reads
-the file and compares its MD5 with the plan's; a file changed since the scan is left for the
-next pass instead. Every POST is bracketed by an intent in the manifest (see manifest.py).
-Deletions re-read each image's creatives first and delete only what nothing uses.
+the file (or takes the bytes its caller read and hashed in one go) and compares their MD5 with
+the plan's; a file changed since the scan is left for the next pass instead. Every POST is
+bracketed by an intent in the manifest (see manifest.py). Deletions re-read each image's
+creatives first and delete only what nothing uses.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from syncd.channel import AccountChannel
 from syncd.errors import AuthError, GraphError, ManifestError, PermanentError
 from syncd.filters import MAX_IMAGE_BYTES
-from syncd.hashing import read_and_hash
+from syncd.hashing import CHUNK, md5_bytes, read_and_hash
 from syncd.manifest import Manifest
 from syncd.models import (
     FileRecord,
@@ -34,6 +36,10 @@ from syncd.planner import Deletion, Plan, Upload, confirm_deletions, synced_reco
 log = structlog.get_logger("syncd.executor")
 
 Clock = Callable[[], float]
+
+# Bytes handed to an upload are hashed again before they are sent; up to this size on the loop
+# (tens of microseconds), beyond it in a worker thread so a large image never stalls the loop.
+VERIFY_INLINE_BYTES = CHUNK
 
 
 @dataclass(slots=True)
@@ -153,8 +159,14 @@ class Executor:
             # One clear error (the CLI prints it in one line), not a group traceback.
             raise group_error.exceptions[0] from None
 
-    async def upload_one(self, up: Upload, ctx: UploadContext, report: PassReport) -> None:
-        """Upload one content once: concurrent requests for it share one POST."""
+    async def upload_one(
+        self, up: Upload, ctx: UploadContext, report: PassReport, data: bytes | None = None
+    ) -> None:
+        """Upload one content once: concurrent requests for it share one POST.
+
+        `data`, when given, is the content as the caller read it and hashed it to `up.md5`
+        (the daemon reads a new file once); it is verified against `up.md5`, not re-read.
+        """
         while (pending := self._inflight.get(up.md5)) is not None:
             await asyncio.shield(pending)
         existing = self._manifest.image_for_md5(self.account, up.md5)
@@ -165,7 +177,7 @@ class Executor:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight[up.md5] = done
         try:
-            await self._post(up, ctx, report)
+            await self._post(up, ctx, report, data)
         finally:
             del self._inflight[up.md5]
             done.set_result(None)
@@ -175,18 +187,13 @@ class Executor:
         self._manifest.record_files(synced_record(self.account, f, image_hash) for f in up.files)
         self._manifest.set_gone(self.account, [up.md5], None)
 
-    async def _post(self, up: Upload, ctx: UploadContext, report: PassReport) -> None:
-        """Read, verify, POST and record one content."""
+    async def _post(
+        self, up: Upload, ctx: UploadContext, report: PassReport, given: bytes | None
+    ) -> None:
+        """Read (unless given), verify, POST and record one content."""
         bound = log.bind(account=self.account, path=display_path(up.path))
-        try:
-            data, md5 = await read_and_hash(ctx.root / up.path, max_bytes=MAX_IMAGE_BYTES)
-        except OSError as exc:
-            bound.info("file_changed", reason=f"cannot read: {exc.strerror or exc}")
-            report.changed.append(up.path)
-            return
-        if md5 != up.md5:
-            # The file changed after it was hashed: upload nothing now, the next pass will.
-            bound.info("file_changed", reason="content changed since the scan")
+        data = await self._verified(up, ctx, given, bound)
+        if data is None:
             report.changed.append(up.path)
             return
         intent = UploadIntent(self.account, up.md5, up.path, up.name, self._clock())
@@ -221,6 +228,26 @@ class Executor:
         bound.info("file_uploaded", hash=uploaded.hash, bytes=len(data), origin=origin.value)
         if ctx.on_uploaded is not None:
             ctx.on_uploaded(up)
+
+    async def _verified(
+        self, up: Upload, ctx: UploadContext, given: bytes | None, bound: FilteringBoundLogger
+    ) -> bytes | None:
+        """The bytes to send, whose MD5 is the plan's; None (logged) when the file changed."""
+        if given is None:
+            try:
+                data, md5 = await read_and_hash(ctx.root / up.path, max_bytes=MAX_IMAGE_BYTES)
+            except OSError as exc:
+                bound.info("file_changed", reason=f"cannot read: {exc.strerror or exc}")
+                return None
+        elif len(given) <= VERIFY_INLINE_BYTES:
+            data, md5 = given, md5_bytes(given)
+        else:
+            data, md5 = given, await asyncio.to_thread(md5_bytes, given)
+        if md5 != up.md5:
+            # The file changed after it was hashed: upload nothing now, the next pass will.
+            bound.info("file_changed", reason="content changed since the scan")
+            return None
+        return data
 
     def _origin(self, image_hash: str, md5: str, ctx: UploadContext) -> ImageOrigin:
         if image_hash in ctx.preexisting and md5 not in ctx.intent_md5s:

@@ -92,6 +92,15 @@ _SIMPLE_KINDS: dict[type[ev.FileSystemEvent], ChangeKind] = {
     ev.DirCreatedEvent: ChangeKind.DIR_CREATED,
     ev.DirDeletedEvent: ChangeKind.DIR_DELETED,
 }
+# The events asked of the observer: those `change_from_event` maps, nothing more. Without a
+# filter inotify also reports every open and close-without-write, so syncd's own reads of a
+# file (signature, hash, upload) came back as events through watchdog's threads, each one
+# costing GIL time on the way to being dropped; directory-modified events are never used.
+_WANTED_EVENTS: list[type[ev.FileSystemEvent]] = [
+    *_SIMPLE_KINDS,
+    ev.FileMovedEvent,
+    ev.DirMovedEvent,
+]
 
 
 def relative_path(path: bytes | str, root: str) -> str | None:
@@ -378,7 +387,7 @@ class FolderWatcher:
         """Build, schedule and start an observer (blocking: polling takes a first snapshot)."""
         observer = PollingObserver(timeout=self._poll_interval) if mode == "polling" else Observer()
         try:
-            observer.schedule(handler, real, recursive=True)
+            observer.schedule(handler, real, recursive=True, event_filter=_WANTED_EVENTS)
             observer.start()
         except BaseException:
             _shutdown(observer)

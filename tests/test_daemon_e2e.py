@@ -315,3 +315,30 @@ def test_second_sigint_forces_exit_without_waiting_for_the_drain(daemon_env: Syn
     assert proc.proc.wait(timeout=20) == 130
     assert time.monotonic() - began < 10
     proc.stop()
+
+
+def test_file_rewritten_during_its_upload_ends_with_the_final_content_only(
+    daemon_env: SyncEnv, daemon: DaemonProc
+) -> None:
+    set_faults(daemon_env.emu, latency_min_ms=1500.0, latency_max_ms=1500.0)
+    target = daemon_env.folder() / "c.png"
+    first = png_bytes(1)
+    final = write_image(daemon_env.tmp / "final.png", "png", 2, size=5000).read_bytes()
+    target.write_bytes(first)
+    # The intent is committed once the bytes are read and hashed, right before the POST.
+    wait_until(lambda: daemon_env.sql("SELECT md5 FROM intents") != [], what="upload started")
+    target.write_bytes(final)  # the file changes while its earlier bytes are on the wire
+    wait_until(
+        lambda: [i["content_md5"] for i in daemon_env.images()] == [_md5(final)],
+        timeout=40,
+        what="final content uploaded, earlier content deleted after its grace",
+    )
+    uploaded = {i["content_md5"] for i in daemon_env.images(include_deleted=True)}
+    assert uploaded == {_md5(first), _md5(final)}  # each POST sent bytes that were hashed
+    assert daemon_env.sql("SELECT md5 FROM files") == [(_md5(final),)]
+    assert daemon_env.sql("SELECT md5 FROM images") == [(_md5(final),)]
+    assert daemon.stop() == 0
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()

@@ -114,6 +114,30 @@ async def test_file_created_renamed_deleted(root: Path, mode: str) -> None:
 
 
 @pytest.mark.asyncio
+async def test_reading_files_reaches_no_handler(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # syncd reads every file it uploads: with inotify reporting opens and closes, each read
+    # came back through watchdog's threads as events, only to be dropped.
+    seen: list[ev.FileSystemEvent] = []
+    real = watcher.change_from_event
+
+    def counting(event: ev.FileSystemEvent, at: str) -> Change | None:
+        seen.append(event)
+        return real(event, at)
+
+    monkeypatch.setattr(watcher, "change_from_event", counting)
+    (root / "a.jpg").write_bytes(b"x")
+    async with watching(root, "native") as (_, rec):
+        for _ in range(20):
+            (root / "a.jpg").read_bytes()
+        (root / "b.jpg").write_bytes(b"y")  # a write still arrives, after the reads
+        await rec.wait_for(C.CHANGED, "b.jpg")
+    assert {os.path.basename(os.fsdecode(e.src_path)) for e in seen} == {"b.jpg"}
+    assert not [e for e in seen if isinstance(e, ev.FileOpenedEvent | ev.FileClosedNoWriteEvent)]
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("mode", MODES)
 async def test_undecodable_name_survives(root: Path, mode: str) -> None:
     async with watching(root, mode) as (_, rec):

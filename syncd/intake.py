@@ -1,0 +1,137 @@
+"""The daemon's per-file fast path: a settled file is checked, read and hashed in ONE thread hop.
+
+A burst of new files is the daemon's busiest moment. Going through `examine_paths` for each one
+cost three worker-thread hops (walk, signature, hash) and the upload then read the file a
+second time; every hop costs GIL hand-offs that the event loop (HTTP, manifest) waits on. Here
+the common case, a regular image file in a plain directory, is opened once, its bytes read
+whole, its signature checked and its MD5 taken from those same bytes; the upload sends exactly
+them. Anything unusual (a symlink, a directory, an ignored or hidden directory on the way, an
+error) is handed back as ASK_SCANNER, and the caller applies `examine_paths`' full rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import stat
+import time
+from dataclasses import dataclass
+
+from syncd.filters import (
+    MAX_IMAGE_BYTES,
+    SIGNATURE_BYTES,
+    ignore_reason,
+    is_image_name,
+    signature_reason,
+)
+from syncd.hashing import CHUNK, md5_bytes
+from syncd.models import LocalFile
+from syncd.scanner import KnownLike
+
+# O_NOFOLLOW: a symlink is the scanner's business (it follows links that stay in the folder).
+# O_NONBLOCK: a FIFO that took the file's place must not block the open.
+_OPEN_FLAGS = (
+    os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+class Verdict(enum.Enum):
+    """What the fast path made of one settled file."""
+
+    READY = "ready"  # an upload candidate: `file`, and `data` when it was read
+    SKIPPED = "skipped"  # its content is not the image its name says (`reason`)
+    UNSETTLED = "unsettled"  # it changed while being read, or its mtime is ahead: settle again
+    ASK_SCANNER = "ask_scanner"  # not the common case: let `examine_paths` decide
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """One file's outcome. `data` is None for READY when the manifest's MD5 still holds (same
+    size and mtime: a rename, say), so nothing was read."""
+
+    verdict: Verdict
+    file: LocalFile | None = None
+    data: bytes | None = None
+    reason: str = ""
+
+
+_ASK = Intake(Verdict.ASK_SCANNER)
+_UNSETTLED = Intake(Verdict.UNSETTLED)
+
+
+async def take_in(root: str, path: str, known: KnownLike | None) -> Intake:
+    """`take_in_sync` in a worker thread."""
+    return await asyncio.to_thread(take_in_sync, root, path, known)
+
+
+def take_in_sync(root: str, path: str, known: KnownLike | None) -> Intake:
+    """Check, read and hash the file at `path` (relative to `root`, "/"-separated), blocking.
+
+    `known` is the manifest's row for the path, if any: a file whose size and mtime match it
+    is not read again. Never raises for a file's sake: any OSError asks the scanner.
+    """
+    parts = path.split("/")
+    if not is_image_name(parts[-1]) or {"", ".", ".."} & set(parts):
+        return _ASK  # the scanner gives the skip reason, or refuses the path
+    try:
+        if not _plain_directories(root, parts):
+            return _ASK
+        fd = os.open(os.path.join(root, *parts), _OPEN_FLAGS)
+    except OSError:
+        return _ASK  # vanished, a symlink (ELOOP), permission: the scanner's rules apply
+    try:
+        return _read_open(fd, path, parts[-1], known)
+    except OSError:
+        return _ASK
+    finally:
+        os.close(fd)
+
+
+def _plain_directories(root: str, parts: list[str]) -> bool:
+    """Every directory between `root` and the file is a real one the walk would enter."""
+    here = root
+    for name in parts[:-1]:
+        here = os.path.join(here, name)
+        if ignore_reason(name, is_dir=True) is not None:
+            return False
+        if not stat.S_ISDIR(os.lstat(here).st_mode):
+            return False  # a symlinked directory: the walk never goes there
+    return True
+
+
+def _read_open(fd: int, path: str, name: str, known: KnownLike | None) -> Intake:
+    st = os.fstat(fd)
+    size, mtime_ns = st.st_size, st.st_mtime_ns
+    if not stat.S_ISREG(st.st_mode) or not 0 < size <= MAX_IMAGE_BYTES:
+        return _ASK  # a FIFO, device, empty or oversized file: the scanner says why
+    if known is not None and known.md5 and (known.size, known.mtime_ns) == (size, mtime_ns):
+        return Intake(Verdict.READY, LocalFile(path, size, mtime_ns, known.md5))
+    if mtime_ns > time.time_ns():
+        return _UNSETTLED  # as the scanner does: a timestamp ahead of now is not settled yet
+    return _read_new(fd, path, name, size, mtime_ns)
+
+
+def _read_new(fd: int, path: str, name: str, size: int, mtime_ns: int) -> Intake:
+    os.set_blocking(fd, True)  # O_NONBLOCK only had to protect the open
+    data = _read_exactly(fd, size)
+    after = os.fstat(fd)
+    if data is None or (after.st_size, after.st_mtime_ns) != (size, mtime_ns):
+        return _UNSETTLED  # written to while we read: its final bytes come later
+    reason = signature_reason(name, data[:SIGNATURE_BYTES], size)
+    if reason is not None:
+        return Intake(Verdict.SKIPPED, LocalFile(path, size, mtime_ns, ""), reason=reason)
+    return Intake(Verdict.READY, LocalFile(path, size, mtime_ns, md5_bytes(data)), data)
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    """The file's `size` bytes, or None if it holds more or fewer (it is being written)."""
+    parts: list[bytes] = []
+    total = 0
+    while total <= size:  # one byte past `size` is enough to know the file grew
+        chunk = os.read(fd, min(CHUNK, size + 1 - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts) if total == size else None
