@@ -11,14 +11,19 @@ import asyncio
 import enum
 import errno
 import hashlib
+import io
 import os
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from syncd.errors import SyncdError
 from syncd.filters import file_kind
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 CHUNK = 1 << 20
 
@@ -115,21 +120,62 @@ async def hash_files(
 async def _hash_one(
     abs_path: str, path: str, size: int, check: Callable[[str, bytes, int], str | None], n: int
 ) -> FileRead:
+    # One worker-thread hop per file: every hop is a GIL hand-off the event loop waits on.
+    return await asyncio.to_thread(_hash_one_sync, abs_path, path, size, check, n)
+
+
+def _hash_one_sync(
+    abs_path: str, path: str, size: int, check: Callable[[str, bytes, int], str | None], n: int
+) -> FileRead:
+    """Open once; check the head; hash the head and the rest, exactly `size` bytes."""
     read = 0
     try:
-        head = await read_head(abs_path, n)
-        read = len(head)
-        if read < min(size, n):
-            raise FileChangedError("file shrank since it was listed")
-        reason = check(path, head, size)
-        if reason is not None:
-            return FileRead(path, Outcome.REJECTED, reason=reason, bytes_read=read)
-        md5 = await md5_file(abs_path, expected_size=size)
+        fd = _open_regular(abs_path)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            head = _read_up_to(f, min(size, n))
+            read = len(head)
+            if read < min(size, n):
+                raise FileChangedError("file shrank since it was listed")
+            reason = check(path, head, size)
+            if reason is not None:
+                return FileRead(path, Outcome.REJECTED, reason=reason, bytes_read=read)
+            digest = hashlib.md5(head, usedforsecurity=False)
+            total = read + _hash_rest(f, digest, size + 1 - read)  # one byte past: did it grow?
     except FileChangedError as exc:
         return FileRead(path, Outcome.CHANGED, reason=str(exc), bytes_read=read)
     except OSError as exc:
         return FileRead(path, Outcome.UNREADABLE, reason=read_error_reason(exc), bytes_read=read)
-    return FileRead(path, Outcome.HASHED, md5=md5, bytes_read=read + size)
+    if total != size:
+        what = "grew" if total > size else "shrank"
+        reason = f"file {what} while reading: expected {size} bytes"
+        return FileRead(path, Outcome.CHANGED, reason=reason, bytes_read=total)
+    return FileRead(path, Outcome.HASHED, md5=digest.hexdigest(), bytes_read=size)
+
+
+def _read_up_to(f: io.FileIO, size: int) -> bytes:
+    """Up to `size` bytes (fewer only at the end of the file)."""
+    parts: list[bytes] = []
+    got = 0
+    while got < size:  # a raw read may return less than asked for before the end
+        chunk = f.read(size - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _hash_rest(f: io.FileIO, digest: _Hash, limit: int) -> int:
+    """Feed up to `limit` more bytes to `digest`; how many there were."""
+    total = 0
+    view = memoryview(bytearray(min(CHUNK, max(limit, 1))))
+    while total < limit:
+        n = f.readinto(view[: min(CHUNK, limit - total)])
+        if not n:
+            break
+        digest.update(view[:n])  # hashlib releases the GIL for large updates
+        total += n
+    return total
 
 
 async def read_and_hash(path: Path | str, *, max_bytes: int) -> tuple[bytes, str]:
@@ -139,14 +185,6 @@ async def read_and_hash(path: Path | str, *, max_bytes: int) -> tuple[bytes, str
     Raises FileTooLargeError beyond `max_bytes`, NotRegularFileError, or OSError.
     """
     return await asyncio.to_thread(_read_and_hash_sync, os.fspath(path), max_bytes)
-
-
-async def read_head(path: Path | str, size: int) -> bytes:
-    """Up to `size` leading bytes of the file at `path` (fewer if it is shorter), in a thread.
-
-    Raises NotRegularFileError for anything but a regular file, OSError when it cannot be read.
-    """
-    return await asyncio.to_thread(_read_head_sync, os.fspath(path), size)
 
 
 def _open_regular(path: str) -> int:
@@ -176,20 +214,6 @@ def read_error_reason(exc: OSError) -> str:
     if exc.errno == errno.ENAMETOOLONG:
         return "path too long"
     return f"cannot read: {exc.strerror or type(exc).__name__}"
-
-
-def _read_head_sync(path: str, size: int) -> bytes:
-    fd = _open_regular(path)
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        parts: list[bytes] = []
-        got = 0
-        while got < size:  # a raw read may return less than asked for before the end
-            chunk = f.read(size - got)
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
-    return b"".join(parts)
 
 
 def _md5_file_sync(path: str, expected_size: int | None) -> str:

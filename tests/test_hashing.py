@@ -24,7 +24,6 @@ from syncd.hashing import (
     md5_file,
     read_and_hash,
     read_error_reason,
-    read_head,
 )
 
 
@@ -79,16 +78,6 @@ async def test_read_and_hash_refuses_more_than_max_bytes(tmp_path: Path) -> None
 
 
 @pytest.mark.asyncio
-async def test_read_head(tmp_path: Path) -> None:
-    path = tmp_path / "a.png"
-    path.write_bytes(png_bytes(1))
-    assert await read_head(path, 8) == b"\x89PNG\r\n\x1a\n"
-    short = tmp_path / "short"
-    short.write_bytes(b"abc")
-    assert await read_head(short, 16) == b"abc"
-
-
-@pytest.mark.asyncio
 async def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
@@ -96,7 +85,6 @@ async def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     for attempt in (
         md5_file(fifo),
         read_and_hash(fifo, max_bytes=100),
-        read_head(fifo, 16),
     ):
         with pytest.raises(NotRegularFileError, match=r"not a regular file \(fifo\)"):
             await asyncio.wait_for(attempt, timeout=10)
@@ -169,8 +157,8 @@ async def test_hash_files_sorts_every_outcome(tmp_path: Path) -> None:
     )
     by_path = {r.path: r for r in reads}
     assert by_path["good.png"] == FileRead(
-        "good.png", Outcome.HASHED, md5(good), "", 16 + len(good)
-    )
+        "good.png", Outcome.HASHED, md5(good), "", len(good)
+    )  # the head is part of the one read, not read twice
     assert by_path["text.png"] == FileRead(
         "text.png", Outcome.REJECTED, "", "text, not an image", 15
     )
