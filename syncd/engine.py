@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -178,11 +179,11 @@ async def _one_pass(
         report.auth_failed = channel.auth_error.reason
         return False
     manifest = rt.manifest
-    images = manifest.images(acct.id)
+    images = manifest.images(acct.id, names=False)
     if not opts.dry_run and scan.folder_state is FolderState.OK:
         images = _resolve_intents(rt, acct.id, scan, intents, remote, images)
     view = _view(acct.id, scan, files, images, remote, listed_at)
-    plan = plan_account(view, policy_for(rt.config, opts.allow_mass_delete))
+    plan = _named(manifest, plan_account(view, policy_for(rt.config, opts.allow_mass_delete)))
     result.plan = plan
     result.skips = [(s.path, s.reason) for s in scan.skips]
     result.unsettled = list(scan.unsettled)
@@ -284,7 +285,17 @@ def _resolve_intents(
     for intent in dropped:
         rt.manifest.abandon_upload(account, intent.md5)
         log.info("intent_dropped", account=account, name=intent.upload_name)
-    return rt.manifest.images(account)
+    return rt.manifest.images(account, names=False)
+
+
+def _named(manifest: SqliteManifest, plan: Plan) -> Plan:
+    """The plan with its deletions' names, which the pass's image rows were read without."""
+    if plan.deletions:
+        names = manifest.image_names(plan.account, [d.hash for d in plan.deletions])
+        plan.deletions = [
+            dataclasses.replace(d, name=names.get(d.hash, d.name)) for d in plan.deletions
+        ]
+    return plan
 
 
 def _view(

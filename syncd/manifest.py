@@ -75,7 +75,7 @@ class Manifest(Protocol):
     """What the engine needs of a manifest; SQLite is the one backend today."""
 
     def files(self, account: str) -> dict[str, FileRecord]: ...
-    def images(self, account: str) -> list[ImageRecord]: ...
+    def images(self, account: str, *, names: bool = True) -> list[ImageRecord]: ...
     def intents(self, account: str) -> list[UploadIntent]: ...
     def record_files(self, records: Iterable[FileRecord]) -> None: ...
     def forget_files(self, account: str, paths: Iterable[str]) -> None: ...
@@ -245,8 +245,13 @@ class SqliteManifest:
             )  # fmt: skip
         return out
 
-    def images(self, account: str) -> list[ImageRecord]:
-        """The image rows of an account (one per local content)."""
+    def images(self, account: str, *, names: bool = True) -> list[ImageRecord]:
+        """The image rows of an account (one per local content).
+
+        Without `names`, every name is "": a pass needs names only for the few images it
+        deletes (`image_names`), and 100,000 of them are megabytes.
+        """
+        fields = IMAGE_FIELDS if names else IMAGE_FIELDS.replace("name", "''")
         return [
             ImageRecord(
                 account,
@@ -260,9 +265,23 @@ class SqliteManifest:
             # `+account`: a plain table scan. Through the (account, hash) index, every row
             # would cost a lookup by rowid, 2.5 times slower for a whole account.
             for image_hash, md5, origin, uploaded_at, gone_since, name in self._stream(
-                f"SELECT {IMAGE_FIELDS} FROM images WHERE +account = ?", (account,)
+                f"SELECT {fields} FROM images WHERE +account = ?", (account,)
             )
         ]
+
+    def image_names(self, account: str, hashes: Sequence[str]) -> dict[str, str]:
+        """The recorded names of these images, by hash."""
+        found: dict[str, str] = {}
+        for start in range(0, len(hashes), NAMES_PER_QUERY):
+            chunk = list(hashes[start : start + NAMES_PER_QUERY])
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                self._tuples(
+                    f"SELECT hash, name FROM images WHERE account = ? AND hash IN ({marks})",
+                    (account, *chunk),
+                )
+            )
+        return found
 
     def intents(self, account: str) -> list[UploadIntent]:
         """Uploads that were started and never recorded (a crash, or a kill)."""
@@ -450,6 +469,7 @@ FILE_FIELDS = FILE_COLUMNS.removeprefix("account, ")  # for reads of one account
 IMAGE_COLUMNS = "account, hash, md5, origin, uploaded_at, gone_since, name"
 IMAGE_FIELDS = IMAGE_COLUMNS.removeprefix("account, ")
 STREAM_BATCH = 4096
+NAMES_PER_QUERY = 500  # well under SQLite's limit on bound parameters
 _STATES = {s.value: s for s in FileState}
 _ORIGINS = {o.value: o for o in ImageOrigin}
 

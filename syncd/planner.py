@@ -133,8 +133,9 @@ def plan_account(view: AccountView, policy: Policy) -> Plan:
         plan.guard = f"folder {view.folder_state.value}"
         return plan
     live = _live_images(view, plan)
-    hash_of = {img.md5: img.hash for img in live}
-    _plan_files(view, hash_of, plan)
+    # Built here and dropped before the deletions are planned: with 100,000 files, each of
+    # the planner's lookup tables is megabytes, and a pass's peak memory is in the planner.
+    _plan_files(view, {img.md5: img.hash for img in live}, plan)
     _plan_deletions(view, live, policy, plan)
     return plan
 
@@ -159,8 +160,10 @@ def _live_images(view: AccountView, plan: Plan) -> list[ImageRecord]:
 def _plan_files(view: AccountView, hash_of: Mapping[str, str], plan: Plan) -> None:
     by_md5: dict[str, list[LocalFile]] = defaultdict(list)
     files, synced = view.files, FileState.SYNCED
+    with_rows = 0  # local files the manifest has a row for
     for f in view.local:
         row = files.get(f.path)
+        with_rows += row is not None
         if (
             row is not None
             and row.state is synced
@@ -200,11 +203,11 @@ def _plan_files(view: AccountView, hash_of: Mapping[str, str], plan: Plan) -> No
         row = view.files.get(skip.path)
         if row is None or row.state is not FileState.SKIPPED or row.last_error != skip.reason:
             plan.record.append(_skip_record(view.account, skip))
-    if view.scan_complete:
+    if view.scan_complete and with_rows < len(files):  # else every row's file is still here
         present = {f.path for f in view.local}
         present.update(s.path for s in view.skips)
         present.update(view.unsure)
-        plan.forget.extend(sorted(p for p in view.files if p not in present))
+        plan.forget.extend(sorted(p for p in files if p not in present))
 
 
 def _image_md5(image: ImageRecord) -> str:
@@ -290,12 +293,14 @@ def _plan_deletions(
     held.update(row.md5 for p in view.unsure if (row := view.files.get(p)) and row.md5)
     # An image is held when any content that maps to its hash is. Held images (nearly all,
     # in a steady state) need nothing but their grace clocks stopped; only the rest are
-    # grouped and visited, in hash order.
-    held_hashes = {image.hash for image in live if image.md5 in held}
+    # grouped and visited, in hash order. Only hashes with an unheld row can be unheld, so
+    # the sets stay as small as the changes.
+    maybe = {image.hash for image in live if image.md5 not in held}
+    held_hashes = {image.hash for image in live if image.hash in maybe and image.md5 in held}
     cancel: list[tuple[str, str]] = []
     by_hash: dict[str, list[ImageRecord]] = defaultdict(list)
     for image in live:
-        if image.hash not in held_hashes:
+        if image.hash in maybe and image.hash not in held_hashes:
             by_hash[image.hash].append(image)
         elif image.gone_since is not None:
             cancel.append((image.hash, image.md5))

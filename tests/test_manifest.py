@@ -551,3 +551,16 @@ def test_integrity_ok(path: Path, manifest: SqliteManifest) -> None:
         assert memory.integrity_ok()
     finally:
         memory.close()
+
+
+def test_images_without_names_and_the_names_asked_for(manifest: SqliteManifest) -> None:
+    hashes = [f"h{i:04d}" for i in range(1200)]  # more than one query's worth of parameters
+    for i, image_hash in enumerate(hashes):
+        manifest.finish_upload(image(f"{i:032x}", hash=image_hash, name=f"n{i}.png"), [])
+    named, bare = manifest.images(ACCOUNT), manifest.images(ACCOUNT, names=False)
+    assert {i.name for i in named} == {f"n{i}.png" for i in range(1200)}
+    assert {i.name for i in bare} == {""}
+    assert [i._replace(name="") for i in named] == bare
+    wanted = [*hashes[::2], "unknown"]
+    assert manifest.image_names(ACCOUNT, wanted) == {h: f"n{int(h[1:])}.png" for h in hashes[::2]}
+    assert manifest.image_names(ACCOUNT, []) == {}
