@@ -15,7 +15,6 @@ import asyncio
 import enum
 import os
 import stat
-import time
 from dataclasses import dataclass
 
 from syncd.filters import (
@@ -70,6 +69,12 @@ def take_in_sync(root: str, path: str, known: KnownLike | None) -> Intake:
 
     `known` is the manifest's row for the path, if any: a file whose size and mtime match it
     is not read again. Never raises for a file's sake: any OSError asks the scanner.
+
+    The caller has seen the file unchanged for `settle_seconds` (the settle tracker): that
+    observation is the settle rule here, whatever the mtime says. A copy that kept a
+    timestamp from the future (a camera with the wrong date, a server whose clock runs
+    ahead) would otherwise wait for the clock to catch up; reconcile settles such files by
+    observation too. A write during the read still sends the file back to settling.
     """
     parts = path.split("/")
     if not is_image_name(parts[-1]) or {"", ".", ".."} & set(parts):
@@ -107,8 +112,6 @@ def _read_open(fd: int, path: str, name: str, known: KnownLike | None) -> Intake
         return _ASK  # a FIFO, device, empty or oversized file: the scanner says why
     if known is not None and known.md5 and (known.size, known.mtime_ns) == (size, mtime_ns):
         return Intake(Verdict.READY, LocalFile(path, size, mtime_ns, known.md5))
-    if mtime_ns > time.time_ns():
-        return _UNSETTLED  # as the scanner does: a timestamp ahead of now is not settled yet
     return _read_new(fd, path, name, size, mtime_ns)
 
 

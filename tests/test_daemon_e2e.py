@@ -85,6 +85,23 @@ def test_slow_writer_gives_one_upload_of_the_final_bytes(
     assert images[0]["content_md5"] == hashlib.md5(full).hexdigest()
 
 
+def test_files_stamped_in_the_future_are_uploaded(daemon_env: SyncEnv) -> None:
+    """A camera set a year ahead: settled by observation, as reconcile does, not by waiting
+    for the clock to pass the stamp (found at start, and dropped in while watching)."""
+    folder = daemon_env.folder()
+    ahead = time.time() + 365 * 24 * 3600
+    (folder / "early.jpg").write_bytes(jpeg_bytes(7))
+    os.utime(folder / "early.jpg", (ahead, ahead))
+    proc = start(daemon_env)
+    try:
+        (folder / "late.png").write_bytes(png_bytes(8))
+        os.utime(folder / "late.png", (ahead, ahead))
+        wait_until(lambda: len(daemon_env.images()) == 2, what="both uploaded")
+        assert names(daemon_env) == ["early.jpg", "late.png"]
+    finally:
+        assert proc.stop() == 0
+
+
 def test_part_file_renamed_gives_one_upload(daemon_env: SyncEnv, daemon: DaemonProc) -> None:
     part = daemon_env.folder() / "x.jpg.part"
     part.write_bytes(jpeg_bytes(4))
