@@ -125,9 +125,15 @@ class SqliteManifest:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(path, isolation_level=None)
             manifest = cls(conn, path, readonly)
-            manifest._prepare()
         except (sqlite3.Error, OSError) as exc:
             raise ManifestError(f"manifest {path}: {_sqlite_reason(exc)}") from None
+        try:
+            manifest._prepare()
+        except BaseException as exc:
+            conn.close()  # damaged, newer, or not ours to migrate: the file is not kept open
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise ManifestError(f"manifest {path}: {_sqlite_reason(exc)}") from None
+            raise
         return manifest
 
     @classmethod

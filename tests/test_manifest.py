@@ -142,6 +142,7 @@ def test_newer_schema_is_refused_naming_the_file(path: Path, readonly: bool) -> 
         SqliteManifest.open(path, readonly=readonly)
     assert str(path) in str(info.value)
     assert "newer" in str(info.value)
+    assert _open_fds(path) == []  # the refused file is not left open
     # Nothing was changed by the refused open.
     assert raw_sql(path, "SELECT version FROM schema_version") == [(SCHEMA_VERSION + 1,)]
 
@@ -173,6 +174,20 @@ def test_damaged_file_is_a_manifest_error_with_a_hint(
         SqliteManifest.open(path, readonly=readonly)
     assert str(path) in str(info.value)
     assert "damaged" in str(info.value)
+    assert _open_fds(path) == []
+
+
+def _open_fds(path: Path) -> list[str]:
+    """This process's descriptors open on the manifest file (Linux: /proc/self/fd)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the descriptor listdir itself used, closed by now
+        if target == str(path.resolve()):
+            found.append(target)
+    return found
 
 
 def test_readonly_open_of_a_missing_path_creates_nothing(tmp_path: Path) -> None:
