@@ -142,6 +142,7 @@ class AccountChannel:
                 if self.auth_error is None:  # once; later calls only repeat the verdict
                     self.auth_error = exc
                     log.error("account_auth_failed", account=self.account, reason=exc.reason)
+                    self.bucket.close(exc)  # calls queued for tokens fail now, not later
                 raise
             except ThrottledError as exc:
                 throttles += 1

@@ -94,6 +94,7 @@ class TokenBucket:
         self._waiters: deque[_Waiter] = deque()
         self._timer: asyncio.Task[None] | None = None
         self._timer_due: float | None = None
+        self._closed: BaseException | None = None
 
     # -- what callers use -------------------------------------------------------------------
 
@@ -107,6 +108,8 @@ class TokenBucket:
             raise ValueError(f"cost must be a positive number, not {cost!r}")
         if cost > self._burst:
             raise ValueError(f"cost {cost} exceeds the bucket size {self._burst}")
+        if self._closed is not None:
+            raise self._closed
         now = self._clock()
         self._refill(now)
         # The fast path must not overtake anyone already queued.
@@ -121,6 +124,19 @@ class TokenBucket:
         except asyncio.CancelledError:
             self._withdraw(waiter)
             raise
+
+    def close(self, reason: BaseException) -> None:
+        """No more tokens, ever: every caller waiting, and every later one, gets `reason`.
+
+        For an account whose token was refused: its queued calls would send nothing anyway,
+        and should say so now rather than after waiting for tokens.
+        """
+        self._closed = reason
+        waiting, self._waiters = self._waiters, deque()
+        for waiter in waiting:
+            if not waiter.future.done():
+                waiter.future.set_exception(reason)
+        self._arm(self._clock(), None)
 
     def pause_for(self, seconds: float) -> None:
         """Grant nothing for `seconds` from now: the account was throttled.
@@ -220,6 +236,10 @@ class TokenBucket:
 
     def _withdraw(self, waiter: _Waiter) -> None:
         """Undo a cancelled waiter: leave the queue, or give back tokens granted too late."""
+        if self._closed is not None:
+            if waiter.future.done() and not waiter.future.cancelled():
+                waiter.future.exception()  # seen: the caller was cancelled before it resumed
+            return
         if waiter.future.done() and not waiter.future.cancelled():
             # Granted, but cancelled before its task resumed: the caller never got to use them.
             now = self._clock()

@@ -313,10 +313,19 @@ async def test_calls_waiting_in_the_bucket_send_nothing_after_an_auth_error() ->
     fake = FakeClient(clock, [auth_error()])
     fake.latency = 1.0  # the refusal arrives at t=1
     channel = make_channel(fake, clock, rate=1.0, burst=3.0)  # one write per 3 s
-    calls = [asyncio.ensure_future(channel.upload(f"{n}.png", b"x")) for n in range(4)]
+    failed_at: list[float] = []
+
+    async def upload(n: int) -> None:
+        try:
+            await channel.upload(f"{n}.png", b"x")
+        finally:
+            failed_at.append(clock.now())
+
+    calls = [asyncio.ensure_future(upload(n)) for n in range(4)]
     with capture_logs() as logs:
         outcomes = await clock.run(asyncio.gather(*calls, return_exceptions=True))
     assert all(isinstance(o, AuthError) for o in outcomes)
+    assert failed_at == [1.0] * 4  # at the refusal, not after waiting 3, 6, 9 s for tokens
     assert len(fake.calls) == 1  # only the first ever reached the network
     assert [e["event"] for e in logs] == ["account_auth_failed"]  # said once
 

@@ -192,6 +192,36 @@ async def test_cancelling_every_waiter_stops_the_timer() -> None:
     assert bucket.tokens == 3
 
 
+@pytest.mark.asyncio
+async def test_closing_fails_every_waiter_now_and_every_later_caller() -> None:
+    clock, bucket = make(rate=1, burst=3)
+    await bucket.acquire(3)
+    tasks = [start(clock, bucket, 1) for _ in range(3)]
+    await clock.run_until_idle()
+    assert bucket.waiting == 3
+    refused = RuntimeError("token refused")
+    bucket.close(refused)
+    await clock.run_until_idle()
+    assert [t.exception() for t in tasks] == [refused] * 3
+    assert clock.now() == 0  # nobody waited for tokens to fail
+    assert (bucket.waiting, clock.sleepers) == (0, 0)
+    with pytest.raises(RuntimeError, match="token refused"):
+        await bucket.acquire(1)
+
+
+@pytest.mark.asyncio
+async def test_a_waiter_cancelled_as_the_bucket_closes_leaves_nothing_behind() -> None:
+    clock, bucket = make(rate=1, burst=3)
+    await bucket.acquire(3)
+    task = start(clock, bucket, 1)
+    await clock.run_until_idle()
+    bucket.close(RuntimeError("token refused"))
+    task.cancel()  # before it resumed: it sees the cancellation, not the refusal
+    await clock.run_until_idle()
+    assert task.cancelled()
+    assert (bucket.waiting, clock.sleepers) == (0, 0)
+
+
 # -- pauses ---------------------------------------------------------------------------------
 
 
