@@ -27,7 +27,7 @@ from syncd.executor import PassReport, UploadContext
 from syncd.graph import upload_name
 from syncd.intake import Verdict, take_in
 from syncd.models import FileRecord, FileState, FolderState, LocalFile, display_path
-from syncd.planner import AccountView, Deletion, Upload, plan_account
+from syncd.planner import AccountView, Deletion, Upload, failed_unchanged, plan_account
 from syncd.scanner import Known, examine_paths, folder_state
 from syncd.settle import SettleTracker
 from syncd.watcher import Change, ChangeKind, FolderWatcher
@@ -338,7 +338,7 @@ class AccountDaemon:
             self._wake_settle.set()
         elif got.file is not None and got.verdict is Verdict.SKIPPED:
             self._record_skip(row, path, got.reason, got.file.size, got.file.mtime_ns)
-        elif got.file is not None and not _failed_before(row, got.file):
+        elif got.file is not None and not failed_unchanged(row, got.file):
             await self._upload_or_link(got.file, row, report, got.data)
         self._absorb(report)
 
@@ -351,7 +351,7 @@ class AccountDaemon:
         for skip in scan.skips:
             self._record_skip(row, skip.path, skip.reason, skip.size, skip.mtime_ns)
         for f in scan.files:
-            if not _failed_before(row, f):
+            if not failed_unchanged(row, f):
                 await self._upload_or_link(f, row, report)
         for err in scan.errors:
             self._record_unreadable(row, err.path, err.reason, err.size, err.mtime_ns)
@@ -509,15 +509,6 @@ class AccountDaemon:
     def _still_gone(self, d: Deletion) -> bool:
         """Right before a DELETE: no file holds the content, none is about to."""
         return not any(self.rt.manifest.paths_with_md5(self.account, m) for m in d.md5s)
-
-
-def _failed_before(row: FileRecord | None, f: LocalFile) -> bool:
-    """A permanent failure of this very content: it waits for the file to change."""
-    return (
-        row is not None
-        and row.state is FileState.FAILED
-        and (row.size, row.mtime_ns, row.md5) == (f.size, f.mtime_ns, f.md5)
-    )
 
 
 def _has_due(view: AccountView) -> bool:

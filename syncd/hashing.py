@@ -132,7 +132,7 @@ def _hash_one_sync(
     try:
         fd = _open_regular(abs_path)
         with os.fdopen(fd, "rb", buffering=0) as f:
-            head = _read_up_to(f, min(size, n))
+            head = read_up_to(fd, min(size, n))
             read = len(head)
             if read < min(size, n):
                 raise FileChangedError("file shrank since it was listed")
@@ -152,12 +152,12 @@ def _hash_one_sync(
     return FileRead(path, Outcome.HASHED, md5=digest.hexdigest(), bytes_read=size)
 
 
-def _read_up_to(f: io.FileIO, size: int) -> bytes:
-    """Up to `size` bytes (fewer only at the end of the file)."""
+def read_up_to(fd: int, size: int) -> bytes:
+    """Up to `size` bytes from `fd` (fewer only at the end of the file)."""
     parts: list[bytes] = []
     got = 0
     while got < size:  # a raw read may return less than asked for before the end
-        chunk = f.read(size - got)
+        chunk = os.read(fd, size - got)
         if not chunk:
             break
         parts.append(chunk)
@@ -165,12 +165,14 @@ def _read_up_to(f: io.FileIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _hash_rest(f: io.FileIO, digest: _Hash, limit: int) -> int:
-    """Feed up to `limit` more bytes to `digest`; how many there were."""
+def _hash_rest(f: io.FileIO, digest: _Hash, limit: int | None) -> int:
+    """Feed up to `limit` more bytes (None: all there is) to `digest`; how many there were."""
     total = 0
-    view = memoryview(bytearray(min(CHUNK, max(limit, 1))))
-    while total < limit:
-        n = f.readinto(view[: min(CHUNK, limit - total)])
+    # Small files are the common case: a buffer sized to them avoids zeroing a whole CHUNK.
+    view = memoryview(bytearray(CHUNK if limit is None else min(CHUNK, max(limit, 1))))
+    while limit is None or total < limit:
+        want = CHUNK if limit is None else min(CHUNK, limit - total)
+        n = f.readinto(view[:want])
         if not n:
             break
         digest.update(view[:n])  # hashlib releases the GIL for large updates
@@ -221,18 +223,9 @@ def _md5_file_sync(path: str, expected_size: int | None) -> str:
     # Reading one byte past the expected size is enough to know the file grew; a file that
     # keeps growing is not read to its end.
     limit = None if expected_size is None else expected_size + 1
-    total = 0
-    # Small files are the common case: a buffer sized to them avoids zeroing a whole CHUNK.
-    view = memoryview(bytearray(CHUNK if limit is None else min(CHUNK, limit)))
     fd = _open_regular(path)
     with os.fdopen(fd, "rb", buffering=0) as f:
-        while limit is None or total < limit:
-            want = CHUNK if limit is None else min(CHUNK, limit - total)
-            n = f.readinto(view[:want])
-            if not n:
-                break
-            digest.update(view[:n])  # hashlib releases the GIL for large updates
-            total += n
+        total = _hash_rest(f, digest, limit)
     if expected_size is not None and total > expected_size:
         raise FileChangedError(f"file grew while reading: expected {expected_size} bytes")
     if expected_size is not None and total < expected_size:

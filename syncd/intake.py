@@ -24,7 +24,7 @@ from syncd.filters import (
     is_image_name,
     signature_reason,
 )
-from syncd.hashing import CHUNK, md5_bytes
+from syncd.hashing import md5_bytes, read_up_to
 from syncd.models import LocalFile
 from syncd.scanner import KnownLike
 
@@ -129,12 +129,5 @@ def _read_new(fd: int, path: str, name: str, size: int, mtime_ns: int) -> Intake
 
 def _read_exactly(fd: int, size: int) -> bytes | None:
     """The file's `size` bytes, or None if it holds more or fewer (it is being written)."""
-    parts: list[bytes] = []
-    total = 0
-    while total <= size:  # one byte past `size` is enough to know the file grew
-        chunk = os.read(fd, min(CHUNK, size + 1 - total))
-        if not chunk:
-            break
-        parts.append(chunk)
-        total += len(chunk)
-    return b"".join(parts) if total == size else None
+    data = read_up_to(fd, size + 1)  # one byte past `size` is enough to know the file grew
+    return data if len(data) == size else None

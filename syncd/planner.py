@@ -276,14 +276,16 @@ def _changed_links(
 
 
 def _failed_unchanged(view: AccountView, holders: Sequence[LocalFile]) -> bool:
+    return all(failed_unchanged(view.files.get(f.path), f) for f in holders)
+
+
+def failed_unchanged(row: FileRecord | None, f: LocalFile) -> bool:
     """A permanent failure is not retried until the file changes (size, mtime or content)."""
-    for f in holders:
-        row = view.files.get(f.path)
-        if row is None or row.state is not FileState.FAILED:
-            return False
-        if (row.size, row.mtime_ns, row.md5) != (f.size, f.mtime_ns, f.md5):
-            return False
-    return True
+    return (
+        row is not None
+        and row.state is FileState.FAILED
+        and (row.size, row.mtime_ns, row.md5) == (f.size, f.mtime_ns, f.md5)
+    )
 
 
 def _plan_deletions(
