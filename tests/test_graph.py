@@ -312,6 +312,49 @@ async def test_unicode_names_arrive_unencoded(
     assert stored["name"] == uploaded.name == name  # not "caf%C3%A9.jpg"
 
 
+class _Sink:
+    """Collects what aiohttp's multipart writer writes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def write(self, chunk: bytes) -> None:
+        self.data += chunk
+
+
+@given(
+    name=st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40),
+    data=st.binary(max_size=300),
+)
+def test_the_inline_body_is_the_one_aiohttp_writes(name: str, data: bytes) -> None:
+    # The reference: aiohttp's writer with raw UTF-8 filenames, and the same boundary.
+    form = aiohttp.FormData(quote_fields=False)
+    sink = _Sink()
+    try:
+        form.add_field("filename", data, filename=name, content_type="application/octet-stream")
+        writer = form()
+        assert isinstance(writer, aiohttp.MultipartWriter)
+        asyncio.run(writer.write(sink))  # type: ignore[arg-type]
+    except ValueError:  # a control character: header injection, refused by both
+        with pytest.raises(ValueError, match="control character"):
+            graph.multipart_body(name, data, "b0undary")
+        return
+    assert graph.multipart_body(name, data, writer.boundary) == bytes(sink.data)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("extra", [-1, 0, 1])
+async def test_bodies_either_side_of_the_inline_limit_arrive_whole(
+    emu: EmulatorThread, client: GraphClient, extra: int
+) -> None:
+    # Up to INLINE_IMAGE_BYTES the body is one buffer; above, aiohttp's writer streams it.
+    content = image_bytes("png", 9, size=graph.INLINE_IMAGE_BYTES + extra)
+    uploaded = await client.upload(ACCOUNT, 'a "quoted" \\ name.png', content)
+    (stored,) = emu.call(emu.state.images, ACCOUNT)
+    assert stored["content_md5"] == md5(content)
+    assert stored["name"] == uploaded.name == 'a "quoted" \\ name.png'
+
+
 # -- reading -----------------------------------------------------------------------------
 
 
