@@ -21,7 +21,7 @@ import structlog
 from syncd.backoff import Backoff, throttle_pause
 from syncd.errors import AuthError, ThrottledError, TransientError
 from syncd.graph import HASHES_PER_READ, LIST_FIELDS, GraphClient, Uploaded
-from syncd.models import RemoteImage
+from syncd.models import RemoteImage, RemoteListing
 from syncd.ratelimit import READ_COST, WRITE_COST, TokenBucket
 from syncd.usage import parse_usage
 
@@ -87,9 +87,9 @@ class AccountChannel:
             WRITE_COST, "upload", lambda: self._client.upload(self.account, name, data)
         )
 
-    async def list_all(self, fields: str = LIST_FIELDS) -> dict[str, RemoteImage]:
+    async def list_all(self, fields: str = LIST_FIELDS) -> RemoteListing:
         """Every image of the account, page by page (each page is one read)."""
-        images: dict[str, RemoteImage] = {}
+        images = RemoteListing()
         after: str | None = None
         seen: set[str] = set()
         for _ in range(MAX_PAGES):
@@ -98,7 +98,7 @@ class AccountChannel:
                 "list",
                 functools.partial(self._client.list_page, self.account, after, fields),
             )
-            images.update((img.hash, img) for img in page)
+            images.update(page)
             if after is None:
                 return images
             if after in seen:

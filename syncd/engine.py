@@ -31,6 +31,7 @@ from syncd.models import (
     ImageOrigin,
     ImageRecord,
     RemoteImage,
+    RemoteListing,
     UploadIntent,
 )
 from syncd.planner import AccountView, Plan, Policy, Upload, claim_intents, plan_account
@@ -247,7 +248,7 @@ def _stats(root: Path, paths: list[str]) -> dict[str, tuple[int, int] | None]:
     return out
 
 
-async def _list_remote(channel: AccountChannel, fields: str) -> dict[str, RemoteImage] | None:
+async def _list_remote(channel: AccountChannel, fields: str) -> RemoteListing | None:
     try:
         return await channel.list_all(fields)
     except GraphError as exc:

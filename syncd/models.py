@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -115,6 +116,64 @@ class RemoteImage(NamedTuple):
     @property
     def in_use(self) -> bool:
         return bool(self.creatives) or self.in_adgroups or self.uncertain
+
+
+class RemoteListing(Mapping[str, RemoteImage]):
+    """An account's listing by hash, read like a dict of `RemoteImage`.
+
+    A pass lists every image for its hash and status only: a `RemoteImage` each would be
+    11 MB at 100,000 images, a tenth of the pass's peak memory. So an image with nothing
+    but a hash and a status is held as its status (an interned string) and its `RemoteImage`
+    is built when looked up; an image with more (a name, creatives) is held whole.
+    """
+
+    __slots__ = ("_status", "_whole")
+
+    def __init__(self, images: Iterable[RemoteImage] = ()) -> None:
+        self._status: dict[str, str] = {}
+        self._whole: dict[str, RemoteImage] = {}
+        self.update(images)
+
+    def update(self, images: Iterable[RemoteImage]) -> None:
+        """Add images; an image listed again replaces the earlier entry, as in a dict."""
+        status, whole = self._status, self._whole
+        for image in images:
+            key = image.hash
+            if not (
+                image.name
+                or image.creatives
+                or image.in_adgroups
+                or image.created_time
+                or image.uncertain
+            ):
+                status[key] = image.status
+                if whole:
+                    whole.pop(key, None)
+            else:
+                whole[key] = image
+                status.pop(key, None)
+
+    def __getitem__(self, key: str) -> RemoteImage:
+        image = self._whole.get(key)
+        if image is not None:
+            return image
+        return RemoteImage(key, "", self._status[key])
+
+    def get(self, key: str, default: RemoteImage | None = None) -> RemoteImage | None:  # type: ignore[override]
+        status = self._status.get(key)
+        if status is not None:
+            return RemoteImage(key, "", status)
+        return self._whole.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._status or key in self._whole
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._status
+        yield from self._whole
+
+    def __len__(self) -> int:
+        return len(self._status) + len(self._whole)
 
 
 def display_path(path: str) -> str:
