@@ -21,6 +21,7 @@ from pathlib import Path
 from sys import intern
 from typing import Any, Protocol
 
+from syncd.checkpoint import WalCheckpointer
 from syncd.errors import ManifestError
 from syncd.models import FileRecord, FileState, ImageOrigin, ImageRecord, UploadIntent
 
@@ -110,6 +111,7 @@ class SqliteManifest:
         self._conn = conn
         self.path = path
         self.readonly = readonly
+        self._checkpointer: WalCheckpointer | None = None
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False) -> SqliteManifest:
@@ -130,7 +132,7 @@ class SqliteManifest:
         try:
             manifest._prepare()
         except BaseException as exc:
-            conn.close()  # damaged, newer, or not ours to migrate: the file is not kept open
+            manifest.close()  # damaged, newer, or not ours to migrate: the file is not kept open
             if isinstance(exc, sqlite3.Error | OSError):
                 raise ManifestError(f"manifest {path}: {_sqlite_reason(exc)}") from None
             raise
@@ -153,6 +155,10 @@ class SqliteManifest:
             # which makes syncd re-upload (idempotent), never delete.
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            if self.path is not None:
+                # Checkpoints end in fsync: mostly in a thread of their own, not in a commit on
+                # the event loop's thread (see syncd.checkpoint).
+                self._checkpointer = WalCheckpointer(self.path)
         version = self._version()
         if version > SCHEMA_VERSION:
             raise ManifestError(
@@ -197,6 +203,8 @@ class SqliteManifest:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise ManifestError(f"manifest {self.path}: {_sqlite_reason(exc)}") from None
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
 
     def _tuples(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         """Plain tuples: the fast path for whole-table reads (100,000 rows per pass)."""
@@ -456,6 +464,8 @@ class SqliteManifest:
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()  # first: the last connection to close checkpoints
         self._conn.close()
 
 
