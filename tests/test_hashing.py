@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from images import png_bytes
+from hypothesis import given
+from hypothesis import strategies as st
+from images import image_bytes, png_bytes
 
+from syncd import hashing
 from syncd.hashing import (
     CHUNK,
     FileChangedError,
@@ -165,7 +168,8 @@ async def test_hash_files_sorts_every_outcome(tmp_path: Path) -> None:
     assert by_path["grown.png"].outcome is Outcome.CHANGED
     assert by_path["gone.png"] == FileRead("gone.png", Outcome.UNREADABLE, reason="file vanished")
     assert by_path["pipe.png"].reason == "not a regular file (fifo)"
-    assert progress == [(0, 5), (1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+    # Small files are read in batches (one thread hop each): progress comes per batch.
+    assert progress == [(0, 5), (5, 5)]
 
 
 @pytest.mark.asyncio
@@ -174,6 +178,44 @@ async def test_hash_files_of_nothing(tmp_path: Path) -> None:
         str(tmp_path), [], check_head=reject_text, head_bytes=16, concurrency=4
     )
     assert reads == []
+
+
+@given(sizes=st.lists(st.integers(0, 3 * hashing.BATCH_BYTES), max_size=60))
+def test_batches_keep_every_file_once_in_order_within_the_limits(sizes: list[int]) -> None:
+    files = [(f"f{i}", size) for i, size in enumerate(sizes)]
+    batches = list(hashing._batches(files))
+    assert [f for batch in batches for f in batch] == files
+    for batch in batches:
+        assert 1 <= len(batch) <= hashing.BATCH_FILES
+        # Only the file that reached the byte limit may take a batch past it.
+        assert sum(size for _, size in batch[:-1]) < hashing.BATCH_BYTES
+    for batch in batches[:-1]:  # each batch but the last stopped at a limit
+        total = sum(size for _, size in batch)
+        assert len(batch) == hashing.BATCH_FILES or total >= hashing.BATCH_BYTES
+
+
+@pytest.mark.asyncio
+async def test_many_small_files_and_a_big_one_are_each_hashed_once(tmp_path: Path) -> None:
+    contents = {f"s{i}.png": png_bytes(i) for i in range(40)}
+    contents["big.png"] = image_bytes("png", 99, size=hashing.BATCH_BYTES + 10)
+    for name, data in contents.items():
+        (tmp_path / name).write_bytes(data)
+    progress: list[int] = []
+    reads = await hash_files(
+        str(tmp_path),
+        [(name, len(data)) for name, data in contents.items()],
+        check_head=reject_text,
+        head_bytes=16,
+        concurrency=3,
+        on_progress=lambda done, total: progress.append(done),
+    )
+    assert sorted(r.path for r in reads) == sorted(contents)
+    assert {r.path: r.md5 for r in reads} == {
+        name: hashlib.md5(data).hexdigest() for name, data in contents.items()
+    }
+    assert progress == sorted(progress)
+    assert progress[0] == 0
+    assert progress[-1] == len(contents)
 
 
 def test_read_error_reasons() -> None:
