@@ -107,7 +107,9 @@ async def hash_files(
 
     async def worker() -> None:
         for batch in todo:
-            reads.extend(await _hash_batch(root, batch, check_head, head_bytes))
+            reads.extend(
+                await asyncio.to_thread(_hash_batch_sync, root, batch, check_head, head_bytes)
+            )
             if on_progress is not None:
                 on_progress(len(reads), len(files))
 
@@ -118,7 +120,7 @@ async def hash_files(
 
 
 def _batches(files: Sequence[tuple[str, int]]) -> Iterator[list[tuple[str, int]]]:
-    """Files in runs of up to BATCH_FILES, or fewer adding up to BATCH_BYTES.
+    """Files in runs of BATCH_FILES, or fewer once they add up to BATCH_BYTES; in order.
 
     Every worker-thread hop is a hand-off the event loop waits on, about a third of a
     millisecond here: for a folder of small images, that was more than reading and hashing them.
@@ -133,15 +135,6 @@ def _batches(files: Sequence[tuple[str, int]]) -> Iterator[list[tuple[str, int]]
             batch, total = [], 0
     if batch:
         yield batch
-
-
-async def _hash_batch(
-    root: str,
-    batch: list[tuple[str, int]],
-    check: Callable[[str, bytes, int], str | None],
-    n: int,
-) -> list[FileRead]:
-    return await asyncio.to_thread(_hash_batch_sync, root, batch, check, n)
 
 
 def _hash_batch_sync(
