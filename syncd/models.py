@@ -1,9 +1,10 @@
 """Plain data shared by the scanner, the manifest, the planner and the executor.
 
-The records a pass makes one of per file (`LocalFile`, `FileRecord`, `ImageRecord`,
-`RemoteImage`: 400,000 of them for 100,000 files) are named tuples: immutable like a frozen
-dataclass, but about six times cheaper to build (a frozen dataclass sets each field through
-`object.__setattr__`).
+The records a pass makes one of per file (`LocalFile`, `FileRecord`, `ImageRecord`: 300,000
+of them for 100,000 files, and a `RemoteImage` for each listed image it looks up) are named
+tuples: immutable like a frozen dataclass, but about six times cheaper to build (a frozen
+dataclass sets each field through `object.__setattr__`). A listing holds most images as their
+status alone (`RemoteListing`).
 
 Paths are relative to the account's folder, always with "/" separators, as `str` decoded with
 `os.fsdecode` (so undecodable bytes survive as surrogate escapes); `display_path` makes them
