@@ -120,9 +120,7 @@ class SqliteManifest:
             if readonly:
                 if not path.exists():
                     return cls.memory(readonly=True)
-                # as_uri() needs an absolute path; a relative one would raise ValueError.
-                uri = f"{path.absolute().as_uri()}?mode=ro"
-                conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+                conn = _connect_readonly(path)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(path, isolation_level=None)
@@ -510,6 +508,28 @@ def _file(r: tuple[Any, ...]) -> FileRecord:
 
 def _image(r: tuple[Any, ...]) -> ImageRecord:
     return ImageRecord(r[0], r[1], r[2], _origin(r[3]), r[4], gone_since=r[5], name=r[6])
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection, also for a user who cannot write the manifest's directory.
+
+    Reading a WAL database needs its `-shm` file, which SQLite creates when it is missing:
+    after the daemon closed it cleanly, a user who may read the manifest but not write its
+    directory (`syncd status` by an operator) got "attempt to write a readonly database".
+    With no `-wal` file beside it, every committed row is in the database file itself, so it
+    is opened as immutable: read without the WAL and its locks.
+    """
+    # as_uri() needs an absolute path; a relative one would raise ValueError.
+    uri = f"{path.absolute().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        conn.close()  # damaged, or unreadable this way: the file is not kept open
+        if not isinstance(exc, sqlite3.OperationalError) or Path(f"{path}-wal").exists():
+            raise
+        conn = sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None)
+    return conn
 
 
 def _sqlite_reason(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -370,6 +371,27 @@ def test_unreadable_files_are_reported_with_a_reason(nobody_world: tuple[SyncEnv
     shown = "never-readable.jpg" in status.stdout
     assert logged or shown, "the unreadable file is mentioned nowhere"
     secret.chmod(0o644)
+
+
+def test_an_operator_who_cannot_write_the_manifest_can_still_read_it(
+    nobody_world: tuple[SyncEnv, Path],
+) -> None:
+    # The service's state, written by its user (root here) and closed cleanly, so no -wal or
+    # -shm file is left; the operator (uid 65534) may read the manifest, not write beside it.
+    world, base = nobody_world
+    state = base / "state"
+    os.chown(state, 0, 0)
+    state.chmod(0o755)
+    write_image(world.folder() / "kept.png", "png", 41)
+    assert world.reconcile().code == 0
+    assert sorted(p.name for p in state.iterdir()) == ["manifest.sqlite3"]
+    status = _run_as_nobody(world, "status", "--json")
+    assert status.code == 0, status.output  # was: "attempt to write a readonly database"
+    (account,) = json.loads(status.stdout)["accounts"]
+    assert account["files"]["synced"] == 1
+    dry = _run_as_nobody(world, "--reconcile", "--dry-run")
+    assert dry.code == 0, dry.output
+    assert sorted(p.name for p in state.iterdir()) == ["manifest.sqlite3"]  # nothing written
 
 
 # -- least privilege: the daemon as an unprivileged user ---------------------------------
