@@ -21,7 +21,7 @@ from structlog.typing import FilteringBoundLogger
 from syncd.channel import AccountChannel
 from syncd.errors import AuthError, GraphError, ManifestError, PermanentError
 from syncd.filters import MAX_IMAGE_BYTES
-from syncd.hashing import CHUNK, md5_bytes, read_and_hash
+from syncd.hashing import CHUNK, FileTooLargeError, md5_bytes, read_and_hash
 from syncd.manifest import Manifest
 from syncd.models import (
     FileRecord,
@@ -234,11 +234,11 @@ class Executor:
     ) -> bytes | None:
         """The bytes to send, whose MD5 is the plan's; None (logged) when the file changed."""
         if given is None:
-            try:
-                data, md5 = await read_and_hash(ctx.root / up.path, max_bytes=MAX_IMAGE_BYTES)
-            except OSError as exc:
-                bound.info("file_changed", reason=f"cannot read: {exc.strerror or exc}")
+            got = await _read(ctx.root / up.path)
+            if isinstance(got, str):
+                bound.info("file_changed", reason=got)
                 return None
+            data, md5 = got
         elif len(given) <= VERIFY_INLINE_BYTES:
             data, md5 = given, md5_bytes(given)
         else:
@@ -337,6 +337,20 @@ class Executor:
             name=d.name,
             gone_for=round(self._clock() - d.gone_since, 1),
         )
+
+
+async def _read(path: Path) -> tuple[bytes, str] | str:
+    """The file's bytes and MD5, or why they cannot be had now (the next pass looks again).
+
+    A file that grew past the size limit since the scan is "changed" too: the next scan skips
+    it with that reason, where an exception here would have ended the whole pass.
+    """
+    try:
+        return await read_and_hash(path, max_bytes=MAX_IMAGE_BYTES)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    except FileTooLargeError as exc:
+        return str(exc)
 
 
 def _md5s(deletions: Iterable[Deletion]) -> list[str]:

@@ -33,6 +33,7 @@ from images import jpeg_bytes, png_bytes, write_image
 
 from syncd.config import Config, parse_config
 from syncd.engine import PassOptions, PassResult, Runtime, sync_account
+from syncd.filters import MAX_IMAGE_BYTES
 from syncd.secrets import Secrets, Token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -131,6 +132,25 @@ def test_file_vanishing_between_plan_and_upload_is_skipped_then_forgotten(env: S
     assert result.report.ok, result.report
     assert [i["name"] for i in env.images()] == ["stays.gif"]
     assert [p for (p,) in env.sql("SELECT path FROM files")] == [b"stays.gif"]
+
+
+def test_file_growing_too_large_before_upload_is_skipped_not_fatal(env: SyncEnv) -> None:
+    folder = env.folder()
+    write_image(folder / "fine.gif", "gif", 1)
+    growing = write_image(folder / "grows.gif", "gif", 2)
+
+    def grow() -> None:
+        with growing.open("r+b") as f:
+            f.truncate(MAX_IMAGE_BYTES + 1)  # sparse: cheap to make, too big to upload
+
+    result = _pass(env, PassOptions(on_planned=_once(grow)))
+    assert result.report.ok, result.report
+    assert [i["name"] for i in env.images()] == ["fine.gif"]
+    assert len(env.requests("POST")) == 1
+    again = env.reconcile()
+    assert again.code == 0, again.output
+    reasons = {i["path"]: i["reason"] for i in env.status()["accounts"][0]["items"]}
+    assert "too large" in reasons["grows.gif"], reasons
 
 
 def test_file_replaced_by_a_fifo_before_upload_is_not_opened(env: SyncEnv) -> None:
