@@ -11,12 +11,11 @@ import hmac
 from dataclasses import dataclass, field
 from hashlib import sha256
 
-from aiohttp import BodyPartReader, hdrs, web
+from aiohttp import hdrs, web
 from multidict import MultiDict
 
-from syncd.emulator import errors
+from syncd.emulator import errors, multipart
 
-_CHUNK = 256 * 1024
 _AUTH_SCHEMES = ("bearer", "oauth")
 
 
@@ -76,24 +75,13 @@ def _media_type(header: str) -> str:
 
 
 async def _read_multipart(request: web.Request, parsed: GraphRequest, max_bytes: int) -> None:
-    reader = await request.multipart()
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            continue  # nested multipart: Meta's edge has no use for it
+    boundary = multipart.boundary_of(request.headers.get(hdrs.CONTENT_TYPE, ""))
+    for part, charset in multipart.form_fields(await request.read(), boundary):
         if part.filename is not None:
-            parsed.files.append(FilePart(part.filename, await _read_capped(part, max_bytes)))
+            # At most max_bytes + 1 bytes are kept: enough to know the image is too big.
+            parsed.files.append(FilePart(part.filename, part.content[: max_bytes + 1]))
         elif part.name is not None:
-            parsed.params.add(part.name, await part.text())
-
-
-async def _read_capped(part: BodyPartReader, max_bytes: int) -> bytes:
-    """Read a whole part but keep at most max_bytes + 1 bytes of it."""
-    kept = bytearray()
-    while chunk := await part.read_chunk(_CHUNK):
-        room = max_bytes + 1 - len(kept)
-        if room > 0:
-            kept += chunk[:room]
-    return bytes(kept)
+            parsed.params.add(part.name, multipart.field_text(part, charset))
 
 
 def _find_token(request: web.Request, params: MultiDict[str]) -> tuple[str | None, str | None]:
