@@ -25,6 +25,7 @@ from syncd.config import AccountConfig
 from syncd.engine import PassOptions, Runtime, policy_for, sync_account
 from syncd.executor import PassReport, UploadContext
 from syncd.graph import upload_name
+from syncd.hashing import Hashed
 from syncd.intake import Verdict, take_in
 from syncd.models import FileRecord, FileState, FolderState, LocalFile, display_path
 from syncd.planner import AccountView, Deletion, Upload, failed_unchanged, plan_account
@@ -339,7 +340,7 @@ class AccountDaemon:
         elif got.file is not None and got.verdict is Verdict.SKIPPED:
             self._record_skip(row, path, got.reason, got.file.size, got.file.mtime_ns)
         elif got.file is not None and not failed_unchanged(row, got.file):
-            await self._upload_or_link(got.file, row, report, got.data)
+            await self._upload_or_link(got.file, row, report, got.content)
         self._absorb(report)
 
     async def _examine(self, path: str, row: FileRecord | None, known: Known | None) -> None:
@@ -361,13 +362,17 @@ class AccountDaemon:
         self._absorb(report)
 
     async def _upload_or_link(
-        self, f: LocalFile, row: FileRecord | None, report: PassReport, data: bytes | None = None
+        self,
+        f: LocalFile,
+        row: FileRecord | None,
+        report: PassReport,
+        content: Hashed | None = None,
     ) -> None:
-        """`data`: the file's bytes when they were just read and hashed (sent, not re-read)."""
+        """`content`: the file's bytes when they were just read and hashed (sent, not re-read)."""
         executor = self.rt.executors[self.account]
         up = Upload(f.md5, (f,), upload_name(f.path))
         ctx = UploadContext(root=self.acct.folder, preexisting=set(), intent_md5s=set())
-        await executor.upload_one(up, ctx, report, data)
+        await executor.upload_one(up, ctx, report, content)
         if row is not None and row.md5 and row.md5 != f.md5:
             self._content_maybe_gone(row.md5)  # the file was overwritten with new content
 

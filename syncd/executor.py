@@ -22,7 +22,7 @@ from structlog.typing import FilteringBoundLogger
 from syncd.channel import AccountChannel
 from syncd.errors import AuthError, GraphError, ManifestError, PermanentError
 from syncd.filters import MAX_IMAGE_BYTES
-from syncd.hashing import CHUNK, FileTooLargeError, md5_bytes, read_and_hash
+from syncd.hashing import FileTooLargeError, Hashed, read_and_hash
 from syncd.manifest import Manifest
 from syncd.models import (
     FileRecord,
@@ -38,9 +38,6 @@ log = structlog.get_logger("syncd.executor")
 
 Clock = Callable[[], float]
 
-# Bytes handed to an upload are hashed again before they are sent; up to this size on the loop
-# (tens of microseconds), beyond it in a worker thread so a large image never stalls the loop.
-VERIFY_INLINE_BYTES = CHUNK
 # Files up to this size are read while the upload before them is on the wire (upload_all).
 READ_AHEAD_BYTES = 1 << 20
 
@@ -184,18 +181,18 @@ class Executor:
         up: Upload,
         ctx: UploadContext,
         report: PassReport,
-        data: bytes | None = None,
+        content: Hashed | None = None,
         *,
         ahead: asyncio.Task[_Read] | None = None,
     ) -> None:
         """Upload one content once: concurrent requests for it share one POST.
 
-        `data`, when given, is the content as the caller read it and hashed it to `up.md5`
-        (the daemon reads a new file once); it is verified against `up.md5`, not re-read.
+        `content`, when given, is the file as the caller read and hashed it (the daemon reads
+        a new file once): sent if its MD5 is `up.md5`, and the file is not read again.
         `ahead` is a read of the file already under way (see upload_all).
         """
         try:
-            await self._upload_once(up, ctx, report, data, ahead)
+            await self._upload_once(up, ctx, report, content, ahead)
         finally:
             if ahead is not None:
                 ahead.cancel()  # not needed after all (linked, or failed): drop it
@@ -205,7 +202,7 @@ class Executor:
         up: Upload,
         ctx: UploadContext,
         report: PassReport,
-        data: bytes | None,
+        content: Hashed | None,
         ahead: asyncio.Task[_Read] | None,
     ) -> None:
         while (pending := self._inflight.get(up.md5)) is not None:
@@ -218,7 +215,7 @@ class Executor:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._inflight[up.md5] = done
         try:
-            await self._post(up, ctx, report, data, ahead)
+            await self._post(up, ctx, report, content, ahead)
         finally:
             del self._inflight[up.md5]
             done.set_result(None)
@@ -233,7 +230,7 @@ class Executor:
         up: Upload,
         ctx: UploadContext,
         report: PassReport,
-        given: bytes | None,
+        given: Hashed | None,
         ahead: asyncio.Task[_Read] | None,
     ) -> None:
         """Read (unless given or read ahead), verify, POST and record one content."""
@@ -279,7 +276,7 @@ class Executor:
         self,
         up: Upload,
         ctx: UploadContext,
-        given: bytes | None,
+        given: Hashed | None,
         ahead: asyncio.Task[_Read] | None,
         bound: FilteringBoundLogger,
     ) -> bytes | None:
@@ -290,10 +287,8 @@ class Executor:
                 bound.info("file_changed", reason=got)
                 return None
             data, md5 = got
-        elif len(given) <= VERIFY_INLINE_BYTES:
-            data, md5 = given, md5_bytes(given)
         else:
-            data, md5 = given, await asyncio.to_thread(md5_bytes, given)
+            data, md5 = given.data, given.md5
         if md5 != up.md5:
             # The file changed after it was hashed: upload nothing now, the next pass will.
             bound.info("file_changed", reason="content changed since the scan")

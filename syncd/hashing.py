@@ -52,6 +52,23 @@ def md5_bytes(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Hashed:
+    """Bytes and their MD5, computed from those very bytes (make one with `Hashed.of`).
+
+    An upload handed one sends `data` without hashing it again: re-hashing the same buffer
+    proves nothing, and for the daemon's burst of new files it was a quarter of a millisecond
+    per file on the event loop's thread.
+    """
+
+    data: bytes
+    md5: str
+
+    @classmethod
+    def of(cls, data: bytes) -> Hashed:
+        return cls(data, md5_bytes(data))
+
+
 async def md5_file(path: Path | str, *, expected_size: int | None = None) -> str:
     """The hex MD5 of the file at `path`, read CHUNK bytes at a time in a worker thread.
 

@@ -24,7 +24,7 @@ from syncd.filters import (
     is_image_name,
     signature_reason,
 )
-from syncd.hashing import md5_bytes, read_up_to
+from syncd.hashing import Hashed, read_up_to
 from syncd.models import LocalFile
 from syncd.scanner import KnownLike
 
@@ -46,12 +46,12 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Intake:
-    """One file's outcome. `data` is None for READY when the manifest's MD5 still holds (same
-    size and mtime: a rename, say), so nothing was read."""
+    """One file's outcome. `content` is None for READY when the manifest's MD5 still holds
+    (same size and mtime: a rename, say), so nothing was read."""
 
     verdict: Verdict
     file: LocalFile | None = None
-    data: bytes | None = None
+    content: Hashed | None = None
     reason: str = ""
 
 
@@ -124,7 +124,8 @@ def _read_new(fd: int, path: str, name: str, size: int, mtime_ns: int) -> Intake
     reason = signature_reason(name, data[:SIGNATURE_BYTES], size)
     if reason is not None:
         return Intake(Verdict.SKIPPED, LocalFile(path, size, mtime_ns, ""), reason=reason)
-    return Intake(Verdict.READY, LocalFile(path, size, mtime_ns, md5_bytes(data)), data)
+    content = Hashed.of(data)
+    return Intake(Verdict.READY, LocalFile(path, size, mtime_ns, content.md5), content)
 
 
 def _read_exactly(fd: int, size: int) -> bytes | None:

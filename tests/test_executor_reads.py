@@ -22,8 +22,9 @@ from images import image_bytes
 import syncd.executor
 from syncd.backoff import Backoff
 from syncd.channel import AccountChannel
-from syncd.executor import VERIFY_INLINE_BYTES, Executor, PassReport, UploadContext
+from syncd.executor import Executor, PassReport, UploadContext
 from syncd.graph import GraphClient
+from syncd.hashing import Hashed
 from syncd.manifest import SqliteManifest
 from syncd.models import FileState, LocalFile
 from syncd.planner import Upload
@@ -61,7 +62,7 @@ async def rig(env: SyncEnv) -> AsyncIterator[Rig]:
             manifest.close()
 
 
-async def _upload(rig: Rig, name: str, content_md5: str, data: bytes | None) -> PassReport:
+async def _upload(rig: Rig, name: str, content_md5: str, data: Hashed | None) -> PassReport:
     report = PassReport(ACCOUNT)
     local = LocalFile(name, 1, 1, content_md5)
     ctx = UploadContext(root=rig.folder, preexisting=set(), intent_md5s=set())
@@ -70,13 +71,13 @@ async def _upload(rig: Rig, name: str, content_md5: str, data: bytes | None) -> 
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("size", [5000, VERIFY_INLINE_BYTES + 5000])
+@pytest.mark.parametrize("size", [5000, (1 << 20) + 5000])
 async def test_given_bytes_are_sent_as_they_are_without_reading_the_file(
     env: SyncEnv, rig: Rig, size: int
 ) -> None:
     data = image_bytes("png", 1, size=size)
     # No file on disk at all: the upload can only have used the bytes it was given.
-    report = await _upload(rig, "a.png", md5(data), data)
+    report = await _upload(rig, "a.png", md5(data), Hashed.of(data))
     assert report.uploaded == 1, report
     assert report.changed == []
     assert [i["content_md5"] for i in env.images()] == [md5(data)]
@@ -88,14 +89,14 @@ async def test_given_bytes_are_sent_as_they_are_without_reading_the_file(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("size", [5000, VERIFY_INLINE_BYTES + 5000])
-async def test_given_bytes_that_are_not_the_hashed_content_are_not_sent(
+@pytest.mark.parametrize("size", [5000, (1 << 20) + 5000])
+async def test_given_content_that_is_not_the_planned_content_is_not_sent(
     env: SyncEnv, rig: Rig, size: int
 ) -> None:
     hashed = image_bytes("png", 1, size=size)
     stale = image_bytes("png", 2, size=size)
     (rig.folder / "a.png").write_bytes(hashed)  # even a file holding the right content is
-    report = await _upload(rig, "a.png", md5(hashed), stale)  # not read instead
+    report = await _upload(rig, "a.png", md5(hashed), Hashed.of(stale))  # not read instead
     assert report.uploaded == 0
     assert report.changed == ["a.png"]
     assert env.requests("POST") == []

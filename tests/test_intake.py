@@ -12,6 +12,7 @@ import pytest
 from images import jpeg_bytes, png_bytes, write_image
 
 import syncd.intake as intake
+from syncd.hashing import Hashed
 from syncd.intake import Intake, Verdict, take_in, take_in_sync
 from syncd.models import LocalFile
 from syncd.scanner import Known, examine_paths
@@ -29,7 +30,7 @@ def local(root: Path, path: str, md5_hex: str) -> LocalFile:
 def test_new_file_is_read_once_and_hashed_from_the_bytes_returned(tmp_path: Path) -> None:
     data = write_image(tmp_path / "deep" / "a.png", "png", 1, size=5000).read_bytes()
     got = take_in_sync(str(tmp_path), "deep/a.png", None)
-    assert got == Intake(Verdict.READY, local(tmp_path, "deep/a.png", md5(data)), data)
+    assert got == Intake(Verdict.READY, local(tmp_path, "deep/a.png", md5(data)), Hashed.of(data))
 
 
 @pytest.mark.asyncio
@@ -37,7 +38,7 @@ async def test_take_in_runs_the_same_check_off_the_loop(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(jpeg_bytes(2))
     got = await take_in(str(tmp_path), "a.jpg", None)
     assert got.verdict is Verdict.READY
-    assert got.data == jpeg_bytes(2)
+    assert got.content == Hashed.of(jpeg_bytes(2))
 
 
 def test_unchanged_known_file_is_not_read(tmp_path: Path) -> None:
@@ -55,7 +56,7 @@ def test_known_file_with_another_mtime_is_read_again(tmp_path: Path) -> None:
     got = take_in_sync(str(tmp_path), "a.png", known)
     assert got.file is not None
     assert got.file.md5 == md5(png_bytes(1))
-    assert got.data == png_bytes(1)
+    assert got.content == Hashed.of(png_bytes(1))
 
 
 def test_content_that_is_not_its_extension_is_skipped_as_the_scanner_would(
@@ -66,7 +67,7 @@ def test_content_that_is_not_its_extension_is_skipped_as_the_scanner_would(
     scan = asyncio.run(examine_paths(tmp_path, ["fake.png"], {}, now=time.time()))
     assert got.verdict is Verdict.SKIPPED
     assert [(s.path, s.reason) for s in scan.skips] == [("fake.png", got.reason)]
-    assert got.data is None
+    assert got.content is None
 
 
 def test_mtime_in_the_future_is_read_the_caller_saw_it_settle(tmp_path: Path) -> None:
@@ -76,7 +77,7 @@ def test_mtime_in_the_future_is_read_the_caller_saw_it_settle(tmp_path: Path) ->
     os.utime(path, ns=(ahead, ahead))
     got = take_in_sync(str(tmp_path), "a.png", None)
     assert got.verdict is Verdict.READY
-    assert got.data == png_bytes(1)
+    assert got.content == Hashed.of(png_bytes(1))
 
 
 def test_file_written_while_being_read_is_not_settled(
@@ -155,4 +156,5 @@ def test_ready_files_agree_with_the_scanner(tmp_path: Path, kind: str) -> None:
     scan = asyncio.run(examine_paths(tmp_path, paths, {}, now=time.time()))
     got = [take_in_sync(str(tmp_path), p, None) for p in paths]
     assert [g.file for g in got] == sorted(scan.files)
-    assert all(g.data is not None and g.file and md5(g.data) == g.file.md5 for g in got)
+    assert all(g.content and g.file and g.content == Hashed.of(g.content.data) for g in got)
+    assert all(g.content and g.file and g.content.md5 == g.file.md5 for g in got)
