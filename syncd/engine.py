@@ -21,6 +21,7 @@ import structlog
 from syncd.backoff import Backoff
 from syncd.channel import AccountChannel
 from syncd.config import AccountConfig, Config
+from syncd.early import EarlyUploads
 from syncd.errors import AuthError, GraphError
 from syncd.executor import Executor, PassReport, UploadContext
 from syncd.graph import GraphClient, list_fields
@@ -115,6 +116,7 @@ class PassOptions:
     wait_for_settle: bool = True  # reconcile waits for files being written; the daemon queues
     on_hashed: Callable[[int, int], None] | None = None
     on_planned: Callable[[Plan], None] | None = None
+    on_queued: Callable[[Upload], None] | None = None  # queued before the plan (syncd.early)
     on_uploaded: Callable[[Upload], None] | None = None
 
 
@@ -160,11 +162,18 @@ async def _one_pass(
     listed_at = time.time()
     fields = list_fields(names=opts.dry_run, created=bool(intents))
     listing = asyncio.create_task(_list_remote(channel, fields))
+    early: EarlyUploads | None = None
     try:
         files = rt.manifest.files(acct.id)  # read once per pass: the biggest read there is
-        scan = await _settled_scan(rt, acct, opts, files)
+        if not opts.dry_run:
+            early = _early(rt, acct, opts, result, files, intents, listing)
+        scan = await _settled_scan(rt, acct, opts, files, early)
+        if early is not None:
+            await early.finish()
     except BaseException:
         listing.cancel()
+        if early is not None:
+            early.cancel()
         raise
     report = result.report
     if scan.folder_state is not FolderState.OK:
@@ -205,7 +214,11 @@ async def _one_pass(
 
 
 async def _settled_scan(
-    rt: Runtime, acct: AccountConfig, opts: PassOptions, known: Mapping[str, FileRecord]
+    rt: Runtime,
+    acct: AccountConfig,
+    opts: PassOptions,
+    known: Mapping[str, FileRecord],
+    early: EarlyUploads | None,
 ) -> ScanResult:
     """Scan; in reconcile, wait for files being written until they have settled.
 
@@ -214,8 +227,14 @@ async def _settled_scan(
     the future, or a server whose clock runs ahead, would otherwise never settle).
     """
     settle = rt.config.sync.settle_seconds
+    on_file = early.offer if early is not None else None
     scan = await scan_folder(
-        acct.folder, known, now=time.time(), settle_seconds=settle, on_progress=opts.on_hashed
+        acct.folder,
+        known,
+        now=time.time(),
+        settle_seconds=settle,
+        on_progress=opts.on_hashed,
+        on_file=on_file,
     )
     for _ in range(MAX_SETTLE_ROUNDS):
         if not scan.unsettled or not opts.wait_for_settle:
@@ -228,12 +247,44 @@ async def _settled_scan(
         quiet = [p for p in scan.unsettled if p not in still]
         # Judged settled by observation, whatever their mtime says: "now" is put past it.
         latest = max((st[1] / 1e9 for p in quiet if (st := after[p]) is not None), default=0.0)
-        extra = await examine_paths(acct.folder, quiet, known, now=max(time.time(), latest + 1))
+        extra = await examine_paths(
+            acct.folder, quiet, known, now=max(time.time(), latest + 1), on_file=on_file
+        )
         scan.files.extend(extra.files)
         scan.skips.extend(extra.skips)
         scan.errors.extend(extra.errors)
         scan.unsettled = [*still, *extra.unsettled]
     return scan
+
+
+def _early(
+    rt: Runtime,
+    acct: AccountConfig,
+    opts: PassOptions,
+    result: PassResult,
+    files: dict[str, FileRecord],
+    intents: list[UploadIntent],
+    listing: asyncio.Task[RemoteListing | None],
+) -> EarlyUploads:
+    """Uploads of new content that start while the scan still hashes (see syncd.early)."""
+    intent_md5s = {i.md5 for i in intents}
+    ctx = UploadContext(
+        root=acct.folder,
+        preexisting=set(),
+        intent_md5s=intent_md5s,
+        on_uploaded=opts.on_uploaded,
+    )
+    return EarlyUploads(
+        rt.manifest,
+        rt.channels[acct.id],
+        rt.executors[acct.id],
+        ctx,
+        result.report,
+        files=files,
+        intent_md5s=intent_md5s,
+        listing=lambda: asyncio.shield(listing),
+        on_queued=opts.on_queued,
+    )
 
 
 def _stats(root: Path, paths: list[str]) -> dict[str, tuple[int, int] | None]:

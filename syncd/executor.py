@@ -80,6 +80,43 @@ class UploadContext:
     on_uploaded: Callable[[Upload], None] | None = None
 
 
+class UploadQueue:
+    """Uploads for `Executor.upload_queued`: filled all at once (a plan), or bit by bit while
+    the scan still hashes (`syncd.early`), and closed when nothing more will come."""
+
+    def __init__(self, uploads: Iterable[Upload] = ()) -> None:
+        self._items = collections.deque(uploads)
+        self._closed = False
+        self._more = asyncio.Event()
+
+    def put(self, up: Upload) -> None:
+        """One more upload; the queue must still be open."""
+        if self._closed:
+            raise RuntimeError("put on a closed upload queue")
+        self._items.append(up)
+        self._more.set()
+
+    def close(self) -> None:
+        """Nothing more will come: workers end once the queue is empty."""
+        self._closed = True
+        self._more.set()
+
+    async def get(self) -> Upload | None:
+        """The next upload, waiting for one while the queue is open; None once it is done."""
+        while not self._items:
+            if self._closed:
+                return None
+            self._more.clear()
+            await self._more.wait()
+        return self._items.popleft()
+
+    def pop_ready(self, max_size: int) -> Upload | None:
+        """The next upload if one is already queued and at most `max_size` bytes, else None."""
+        if self._items and self._items[0].size <= max_size:
+            return self._items.popleft()
+        return None
+
+
 class Executor:
     """Applies plans for one account through its channel and the manifest."""
 
@@ -127,7 +164,10 @@ class Executor:
         report.waiting = len(plan.waiting)
         report.guard = plan.guard
         report.failed.extend(plan.still_unreadable)
+        failed_now = {path for path, _ in report.failed}  # by uploads begun during the scan
         for path in plan.unchanged_failures:
+            if path in failed_now:
+                continue  # failed in this very pass: reported once, with its own reason
             # Not retried, but still not in sync: the exit code and the log say so.
             report.failed.append((path, "failed earlier and unchanged since; not retried"))
             log.info("file_still_failed", account=self.account, path=display_path(path))
@@ -140,14 +180,24 @@ class Executor:
     async def upload_all(
         self, uploads: Sequence[Upload], ctx: UploadContext, report: PassReport
     ) -> None:
-        """Upload with `workers` tasks; an auth failure stops the rest of this account.
+        """Upload a plan's uploads with `workers` tasks (see `upload_queued`)."""
+        if not uploads:
+            return
+        queue = UploadQueue(uploads)
+        queue.close()
+        await self.upload_queued(queue, ctx, report)
+
+    async def upload_queued(
+        self, queue: UploadQueue, ctx: UploadContext, report: PassReport
+    ) -> None:
+        """Upload what the queue gives until it is closed and empty, `workers` at a time; an
+        auth failure stops the rest of this account.
 
         Each worker reads its next file while the current one is on the wire, so the read
         (a hop to a worker thread and back, a tenth of a small upload's time) is off the
         critical path. Only files up to READ_AHEAD_BYTES are read ahead: the memory this
         costs is at most one such file per worker.
         """
-        queue = collections.deque(uploads)
 
         async def worker() -> None:
             ahead: tuple[Upload, asyncio.Task[_Read]] | None = None
@@ -156,12 +206,11 @@ class Executor:
                     read: asyncio.Task[_Read] | None = None
                     if ahead is not None:
                         (up, read), ahead = ahead, None
-                    elif queue:
-                        up = queue.popleft()
+                    elif (got := await queue.get()) is not None:
+                        up = got
                     else:
                         return
-                    if queue and queue[0].size <= READ_AHEAD_BYTES:
-                        nxt = queue.popleft()
+                    if (nxt := queue.pop_ready(READ_AHEAD_BYTES)) is not None:
                         ahead = (nxt, asyncio.create_task(_read(ctx.root / nxt.path)))
                     await self.upload_one(up, ctx, report, ahead=read)
             finally:
@@ -170,7 +219,7 @@ class Executor:
 
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(min(self._workers, len(uploads))):
+                for _ in range(self._workers):
                     group.create_task(worker())
         except* ManifestError as group_error:
             # One clear error (the CLI prints it in one line), not a group traceback.

@@ -106,6 +106,7 @@ async def hash_files(
     head_bytes: int,
     concurrency: int,
     on_progress: Callable[[int, int], None] | None = None,
+    on_read: Callable[[FileRead], None] | None = None,
 ) -> list[FileRead]:
     """Hash files under `root`, given as (relative path, expected size) pairs, at most
     `concurrency` at a time, each read in a worker thread.
@@ -113,7 +114,7 @@ async def hash_files(
     The first `head_bytes` of each file go to `check_head(path, head, size)` first; a file it
     gives a reason for is REJECTED and not hashed. A file that fails is that file's outcome,
     never an exception. `on_progress(done, total)` is called before the first read and after
-    each file.
+    each batch of files; `on_read(read)` with each file's result as soon as it is known.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -124,15 +125,22 @@ async def hash_files(
 
     async def worker() -> None:
         for batch in todo:
-            reads.extend(
-                await asyncio.to_thread(_hash_batch_sync, root, batch, check_head, head_bytes)
-            )
+            done = await asyncio.to_thread(_hash_batch_sync, root, batch, check_head, head_bytes)
+            reads.extend(done)
+            if on_read is not None:
+                for read in done:
+                    on_read(read)
             if on_progress is not None:
                 on_progress(len(reads), len(files))
 
-    async with asyncio.TaskGroup() as group:
-        for _ in range(min(concurrency, len(files))):
-            group.create_task(worker())
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(concurrency, len(files))):
+                group.create_task(worker())
+    except* Exception as group_error:
+        # A callback's error (the manifest it consulted is damaged, say) surfaces as itself,
+        # so the caller's handling and the CLI's one-line message apply, not a group traceback.
+        raise group_error.exceptions[0] from None
     return reads
 
 

@@ -40,6 +40,12 @@ class Progress:
         self.planned_bytes += sum(u.size for u in plan.uploads)
         self._draw()
 
+    def queued(self, up: Upload) -> None:
+        """One upload queued before its account's plan was ready (syncd.early)."""
+        self.planned_uploads += 1
+        self.planned_bytes += up.size
+        self._draw()
+
     def uploaded(self, up: Upload) -> None:
         """One upload finished."""
         self.done_uploads += 1

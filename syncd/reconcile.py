@@ -75,6 +75,7 @@ async def _one(
         allow_mass_delete=allow_mass_delete,
         on_hashed=progress.hashed if progress else None,
         on_planned=progress.planned if progress else None,
+        on_queued=progress.queued if progress else None,
         on_uploaded=progress.uploaded if progress else None,
     )
     return await sync_account(rt, acct, opts)

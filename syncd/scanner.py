@@ -30,7 +30,7 @@ from syncd.filters import (
     is_image_name,
     signature_reason,
 )
-from syncd.hashing import Outcome, hash_files, read_error_reason
+from syncd.hashing import FileRead, Outcome, hash_files, read_error_reason
 from syncd.models import FolderState, LocalFile, Skip
 
 
@@ -126,12 +126,15 @@ async def scan_folder(
     now: float,
     settle_seconds: float,
     on_progress: Callable[[int, int], None] | None = None,
+    on_file: Callable[[LocalFile], None] | None = None,
     hash_concurrency: int = 4,
 ) -> ScanResult:
     """Scan `root`: candidates with their MD5, skips, unsettled files and read errors.
 
     `now` is the wall-clock time (compared with file mtimes). `on_progress(done, total)` is
     called as files are hashed: `total` files needed reading, `done` of them are finished.
+    `on_file(file)` is called with each candidate as soon as it has been read and hashed
+    (not for files whose MD5 came from `known`), while the scan goes on.
     """
     return await examine_paths(
         root,
@@ -140,6 +143,7 @@ async def scan_folder(
         now=now,
         settle_seconds=settle_seconds,
         on_progress=on_progress,
+        on_file=on_file,
         hash_concurrency=hash_concurrency,
     )
 
@@ -152,6 +156,7 @@ async def examine_paths(
     now: float,
     settle_seconds: float = 0.0,
     on_progress: Callable[[int, int], None] | None = None,
+    on_file: Callable[[LocalFile], None] | None = None,
     hash_concurrency: int = 4,
 ) -> ScanResult:
     """`scan_folder`'s rules applied to just `paths` (relative, "/"-separated, as file-system
@@ -173,7 +178,7 @@ async def examine_paths(
         stop.set()  # the thread cannot be cancelled; make it give up at the next directory
         raise
     if pending:
-        await _hash_all(folder, pending, result, on_progress, hash_concurrency)
+        await _hash_all(folder, pending, result, on_progress, on_file, hash_concurrency)
     return result
 
 
@@ -384,10 +389,16 @@ async def _hash_all(
     pending: list[tuple[str, int, int]],
     result: ScanResult,
     on_progress: Callable[[int, int], None] | None,
+    on_file: Callable[[LocalFile], None] | None,
     concurrency: int,
 ) -> None:
     """Check the signature of every pending file, then hash it; file each outcome."""
     stats = {path: (size, mtime_ns) for path, size, mtime_ns in pending}
+
+    def hashed(read: FileRead) -> None:
+        if on_file is not None and read.outcome is Outcome.HASHED:
+            on_file(LocalFile(read.path, *stats[read.path], read.md5))
+
     reads = await hash_files(
         root,
         [(path, size) for path, size, _ in pending],
@@ -395,6 +406,7 @@ async def _hash_all(
         head_bytes=SIGNATURE_BYTES,
         concurrency=concurrency,
         on_progress=on_progress,
+        on_read=hashed if on_file is not None else None,
     )
     for read in reads:
         result.hashed_bytes += read.bytes_read

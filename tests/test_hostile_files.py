@@ -4,8 +4,9 @@ Files that change or vanish between the scan and the upload, hard links, symlink
 FIFOs, sockets and device nodes (never opened: reading a FIFO would block a thread forever,
 reading /dev/zero would never end), unreadable files, and a sparse 10 GB file that must be
 refused from its size alone. Races are made deterministic with the engine's own hooks
-(`on_hashed` runs before the first file is read, `on_planned` after the plan and before any
-upload), driving the real engine against the real emulator over loopback.
+(`on_hashed` runs before the first file is read; `on_queued`, for an upload that starts while
+the scan still hashes, or else `on_planned`, after the files were hashed and before any upload),
+driving the real engine against the real emulator over loopback.
 """
 
 from __future__ import annotations
@@ -73,6 +74,13 @@ def _pass(env: SyncEnv, opts: PassOptions) -> PassResult:
     return asyncio.run(run())
 
 
+def _before_upload(action: Callable[[], None]) -> PassOptions:
+    """Options that run `action` once, after the scan hashed the files and before any upload:
+    an upload can start while the scan still hashes (`on_queued`) or after the plan."""
+    hook = _once(action)
+    return PassOptions(on_queued=hook, on_planned=hook)
+
+
 def _once(action: Callable[[], None]) -> Callable[..., None]:
     done: list[bool] = []
 
@@ -96,7 +104,7 @@ def test_file_changed_after_hashing_uploads_the_final_bytes_only(env: SyncEnv) -
     def rewrite() -> None:
         target.write_bytes(final)  # after the scan hashed it, before the upload reads it
 
-    result = _pass(env, PassOptions(on_planned=_once(rewrite)))
+    result = _pass(env, _before_upload(rewrite))
     assert result.report.ok, result.report
     images = env.images()
     assert [i["content_md5"] for i in images] == [_md5(final)], "uploaded bytes not hashed"
@@ -128,7 +136,7 @@ def test_file_vanishing_between_plan_and_upload_is_skipped_then_forgotten(env: S
     folder = env.folder()
     write_image(folder / "stays.gif", "gif", 1)
     going = write_image(folder / "goes.gif", "gif", 2)
-    result = _pass(env, PassOptions(on_planned=_once(going.unlink)))
+    result = _pass(env, _before_upload(going.unlink))
     assert result.report.ok, result.report
     assert [i["name"] for i in env.images()] == ["stays.gif"]
     assert [p for (p,) in env.sql("SELECT path FROM files")] == [b"stays.gif"]
@@ -143,7 +151,7 @@ def test_file_growing_too_large_before_upload_is_skipped_not_fatal(env: SyncEnv)
         with growing.open("r+b") as f:
             f.truncate(MAX_IMAGE_BYTES + 1)  # sparse: cheap to make, too big to upload
 
-    result = _pass(env, PassOptions(on_planned=_once(grow)))
+    result = _pass(env, _before_upload(grow))
     assert result.report.ok, result.report
     assert [i["name"] for i in env.images()] == ["fine.gif"]
     assert len(env.requests("POST")) == 1
@@ -162,7 +170,7 @@ def test_file_replaced_by_a_fifo_before_upload_is_not_opened(env: SyncEnv) -> No
         os.mkfifo(target)  # a blocking open or read here would hang the pass
 
     started = time.monotonic()
-    result = _pass(env, PassOptions(on_planned=_once(swap)))
+    result = _pass(env, _before_upload(swap))
     assert time.monotonic() - started < 10
     assert env.requests("POST") == []
     assert not result.report.failed, result.report
