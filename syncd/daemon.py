@@ -23,10 +23,10 @@ import structlog
 
 from syncd.config import AccountConfig
 from syncd.engine import PassOptions, Runtime, policy_for, sync_account
-from syncd.executor import PassReport, UploadContext
+from syncd.executor import READ_AHEAD_BYTES, PassReport, UploadContext
 from syncd.graph import upload_name
 from syncd.hashing import Hashed
-from syncd.intake import Verdict, take_in
+from syncd.intake import Intake, Verdict, take_in
 from syncd.models import FileRecord, FileState, FolderState, LocalFile, display_path
 from syncd.planner import AccountView, Deletion, Upload, failed_unchanged, plan_account
 from syncd.scanner import Known, examine_paths, folder_state
@@ -41,6 +41,8 @@ SWEEP_RECHECK_SECONDS = 600.0  # images kept because a creative uses them are lo
 # the sweep waits for them to stop so the mass-deletion guard judges the whole burst at once.
 SWEEP_QUIET_SECONDS = 1.0
 ERROR_PAUSE_SECONDS = 5.0  # after an unexpected error in a loop, before its next iteration
+
+_Ahead = tuple[str, asyncio.Task[Intake] | None]  # a claimed path and its read, if started
 
 
 @dataclass(slots=True)
@@ -68,7 +70,7 @@ class AccountDaemon:
         sync = rt.config.sync
         self._settle = SettleTracker(sync.settle_seconds)
         self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=sync.workers * QUEUE_FACTOR)
-        self._queued: set[str] = set()
+        self._queued: dict[str, int] = {}  # queued paths and their size when they settled
         self._busy: set[str] = set()  # paths a worker is processing right now
         self._again: set[str] = set()  # ... that changed again meanwhile
         self._wake_settle = asyncio.Event()
@@ -122,7 +124,7 @@ class AccountDaemon:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         while not self._queue.empty():
-            self._queued.discard(self._queue.get_nowait())
+            self._queued.pop(self._queue.get_nowait(), None)
 
     async def drain(self) -> None:
         """Stage 2: wait for uploads in flight, live or in a pass (the caller bounds it)."""
@@ -184,6 +186,7 @@ class AccountDaemon:
         elif kind is ChangeKind.DIR_CREATED:
             self._look_inside(change.path)
         elif kind is ChangeKind.DIR_DELETED:
+            self._recheck_busy_under(change.path)
             for row in self.rt.manifest.files_under(self.account, change.path):
                 self._forget_path(row.path)
         elif kind is ChangeKind.FOLDER_GONE:
@@ -201,6 +204,7 @@ class AccountDaemon:
             self._rescan.set()
 
     def _forget_path(self, path: str) -> None:
+        self._recheck_if_busy(path)
         self._settle.forget(path)
         row = self.rt.manifest.file(self.account, path)
         if row is None:
@@ -224,6 +228,7 @@ class AccountDaemon:
             self._wake_sweep.set()
 
     def _move_path(self, src: str, dest: str) -> None:
+        self._recheck_if_busy(src)
         row = self.rt.manifest.file(self.account, src)
         self._settle.forget(src)
         if row is not None and row.state is FileState.SKIPPED:
@@ -235,7 +240,21 @@ class AccountDaemon:
         self._dirty.add(dest)
         self._wake_settle.set()
 
+    def _recheck_if_busy(self, path: str) -> None:
+        """A file deleted or moved away while a worker uploads it: once that upload has
+        written its row, the path is looked at again, so the row goes and the content's grace
+        clock starts (the row would otherwise hold the content until the next full pass)."""
+        if path in self._busy:
+            self._again.add(path)
+
+    def _recheck_busy_under(self, directory: str) -> None:
+        prefix = directory + "/"
+        for path in self._busy:
+            if path.startswith(prefix):
+                self._again.add(path)
+
     def _move_dir(self, src: str, dest: str) -> None:
+        self._recheck_busy_under(src)
         rows = self.rt.manifest.files_under(self.account, src)
         moves = [(r, dest + r.path[len(src) :]) for r in rows]
         self.rt.manifest.move_files(self.account, moves)
@@ -285,34 +304,81 @@ class AccountDaemon:
         now = time.time()
         for path, stat in zip(due, stats, strict=True):
             if self._settle.confirm(path, stat, now) and path not in self._queued:
-                self._queued.add(path)
+                self._queued[path] = stat[0] if stat is not None else 0
                 await self._queue.put(path)  # bounded: a burst waits here, memory stays flat
 
     async def _worker(self) -> None:
-        while True:
-            path = await self._queue.get()
-            self._queued.discard(path)
-            if path in self._busy:
-                # Changed again while another worker uploads its earlier content: look again
-                # once that is recorded, so the replaced content's grace clock starts.
-                self._again.add(path)
+        """Take settled files one at a time; the next one is claimed and read while this one's
+        upload is on the wire (`_take_next`)."""
+        ahead: _Ahead | None = None
+        try:
+            while True:
+                if ahead is not None:
+                    (path, read), ahead = ahead, None
+                else:
+                    path, read = await self._queue.get(), None
+                    self._queued.pop(path, None)
+                    if not self._claim(path):
+                        continue
+                if self._stopping:  # shutting down: nothing new starts
+                    self._release(path, read)
+                    continue
+                ahead = self._take_next()
+                await self._handle(path, read)
+        finally:
+            if ahead is not None:
+                self._release(*ahead)
+
+    def _claim(self, path: str) -> bool:
+        """Mark a queued path as this worker's; False when another worker has it."""
+        if path in self._busy:
+            # Changed again while another worker uploads its earlier content: look again
+            # once that is recorded, so the replaced content's grace clock starts.
+            self._again.add(path)
+            return False
+        self._busy.add(path)
+        self._in_flight += 1
+        self._idle.clear()
+        return True
+
+    def _take_next(self) -> _Ahead | None:
+        """Claim the next queued file now and start reading it, so that read (a hop to a
+        worker thread and back) overlaps the upload in flight instead of delaying its own.
+        A file over READ_AHEAD_BYTES is claimed but read when its turn comes: memory stays at
+        one such file per worker."""
+        while not self._queue.empty():
+            path = self._queue.get_nowait()
+            size = self._queued.pop(path, None)
+            if not self._claim(path):
                 continue
-            self._busy.add(path)
-            self._in_flight += 1
-            self._idle.clear()
-            try:
-                await self._process(path)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # one bad file must never stop the worker
-                log.exception(
-                    "file_processing_error",
-                    account=self.account,
-                    path=display_path(path),
-                    error=type(exc).__name__,
-                )
-            finally:
-                self._done_with(path)
+            if size is None or size > READ_AHEAD_BYTES or self.stopped_for_auth:
+                return path, None
+            known = _known(self.rt.manifest.file(self.account, path))
+            return path, asyncio.create_task(take_in(str(self.acct.folder), path, known))
+        return None
+
+    def _release(self, path: str, read: asyncio.Task[Intake] | None) -> None:
+        """Give up a claimed file unprocessed (shutdown): its read, if any, is dropped."""
+        if read is not None:
+            read.cancel()
+        self._done_with(path)
+
+    async def _handle(self, path: str, read: asyncio.Task[Intake] | None) -> None:
+        try:
+            await self._process(path, read)
+        except asyncio.CancelledError:
+            if read is not None:
+                read.cancel()
+            raise
+        except Exception as exc:  # one bad file must never stop the worker
+            log.exception(
+                "file_processing_error",
+                account=self.account,
+                path=display_path(path),
+                error=type(exc).__name__,
+            )
+        finally:
+            self._done_with(path)
 
     def _done_with(self, path: str) -> None:
         self._busy.discard(path)
@@ -324,12 +390,17 @@ class AccountDaemon:
         if self._in_flight == 0:
             self._idle.set()
 
-    async def _process(self, path: str) -> None:
+    async def _process(self, path: str, read: asyncio.Task[Intake] | None = None) -> None:
+        """One settled file: upload, link or skip it. `read` is its intake already under way
+        (read ahead); the manifest row is read now either way, since it is what the outcome
+        is recorded against."""
         if self.stopped_for_auth:
+            if read is not None:
+                read.cancel()
             return
         row = self.rt.manifest.file(self.account, path)
-        known = Known(row.size, row.mtime_ns, row.md5) if row and row.md5 else None
-        got = await take_in(str(self.acct.folder), path, known)
+        known = _known(row)
+        got = await (read if read is not None else take_in(str(self.acct.folder), path, known))
         if got.verdict is Verdict.ASK_SCANNER:
             await self._examine(path, row, known)
             return
@@ -514,6 +585,11 @@ class AccountDaemon:
     def _still_gone(self, d: Deletion) -> bool:
         """Right before a DELETE: no file holds the content, none is about to."""
         return not any(self.rt.manifest.paths_with_md5(self.account, m) for m in d.md5s)
+
+
+def _known(row: FileRecord | None) -> Known | None:
+    """What the intake may trust of a file's manifest row (its MD5, for the same size and mtime)."""
+    return Known(row.size, row.mtime_ns, row.md5) if row and row.md5 else None
 
 
 def _has_due(view: AccountView) -> bool:

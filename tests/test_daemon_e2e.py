@@ -359,3 +359,28 @@ def test_file_rewritten_during_its_upload_ends_with_the_final_content_only(
 
 def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def test_file_deleted_during_its_upload_leaves_no_row_and_its_image_goes(
+    daemon_env: SyncEnv, daemon: DaemonProc
+) -> None:
+    folder = daemon_env.folder()
+    (folder / "stays.png").write_bytes(png_bytes(10))  # an empty folder would hold deletions
+    wait_until(lambda: names(daemon_env) == ["stays.png"], what="first file uploaded")
+    set_faults(daemon_env.emu, latency_min_ms=1500.0, latency_max_ms=1500.0)
+    target = folder / "brief.png"
+    target.write_bytes(png_bytes(11))
+    # The intent is committed once the bytes are read and hashed, right before the POST.
+    wait_until(lambda: daemon_env.sql("SELECT md5 FROM intents") != [], what="upload started")
+    target.unlink()  # gone while its bytes are on the wire
+    wait_until(lambda: len(daemon_env.images(include_deleted=True)) == 2, what="upload done")
+    # The upload's row must not outlive the file: the content is gone, so after the grace
+    # (0 s here) its image is deleted, without waiting for the next full pass (an hour away).
+    wait_until(
+        lambda: len(daemon_env.requests("DELETE")) == 1,
+        timeout=30,
+        what="image deleted after its grace",
+    )
+    assert names(daemon_env) == ["stays.png"]
+    assert daemon_env.sql("SELECT path FROM files") == [(b"stays.png",)]
+    assert daemon.stop() == 0
