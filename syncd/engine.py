@@ -1,4 +1,5 @@
-"""One sync pass for one account: scan -> list remote -> plan -> execute.
+"""One sync pass for one account: scan (new content uploading as it is hashed) and list remote,
+then plan, then execute.
 
 `--reconcile` runs one pass per account; the daemon runs the same pass at start-up and on every
 rescan, so changes made while it was down are caught by exactly the code that reconcile tests.
