@@ -23,6 +23,7 @@ import structlog
 
 from syncd.config import AccountConfig
 from syncd.engine import PassOptions, Runtime, policy_for, sync_account
+from syncd.errors import ManifestError
 from syncd.executor import READ_AHEAD_BYTES, PassReport, UploadContext
 from syncd.graph import upload_name
 from syncd.hashing import Hashed
@@ -353,7 +354,10 @@ class AccountDaemon:
                 continue
             if size is None or size > READ_AHEAD_BYTES or self.stopped_for_auth:
                 return path, None
-            known = _known(self.rt.manifest.file(self.account, path))
+            try:
+                known = _known(self.rt.manifest.file(self.account, path))
+            except ManifestError:
+                return path, None  # read in its turn, where the error is logged for the file
             return path, asyncio.create_task(take_in(str(self.acct.folder), path, known))
         return None
 

@@ -14,7 +14,8 @@ Nothing is deleted, forgotten or linked here: uploads cannot lose anything, and 
 decision is still the plan's, made once the whole scan is in. The uploads begin only after
 the remote listing and the account check are done, so they are told apart from adoptions
 exactly as the plan's own would be. When the scan ends, the pass waits for these uploads
-and re-reads the rows they wrote, so the plan sees them as done and does not count them twice.
+and re-reads the rows they wrote, so the plan sees them as done and does not count them twice;
+content tried here (failed, or changed under its upload) is not tried again in the same pass.
 """
 
 from __future__ import annotations
@@ -97,6 +98,11 @@ class EarlyUploads:
             row = self._manifest.file(self._executor.account, path)
             if row is not None:
                 self._files[path] = row
+
+    def not_tried(self, uploads: list[Upload]) -> list[Upload]:
+        """The plan's uploads of contents not already tried in this pass: one that failed
+        or changed during the scan waits for the next pass, as a planned one would."""
+        return [up for up in uploads if up.md5 not in self._seen]
 
     def cancel(self) -> None:
         """The pass is being abandoned: stop feeding (uploads in flight are cancelled)."""

@@ -195,6 +195,8 @@ async def _one_pass(
         images = _resolve_intents(rt, acct.id, scan, intents, remote, images)
     view = _view(acct.id, scan, files, images, remote, listed_at)
     plan = _named(manifest, plan_account(view, policy_for(rt.config, opts.allow_mass_delete)))
+    if early is not None:
+        plan.uploads = early.not_tried(plan.uploads)
     result.plan = plan
     result.skips = [(s.path, s.reason) for s in scan.skips]
     result.unsettled = list(scan.unsettled)

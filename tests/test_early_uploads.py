@@ -21,6 +21,7 @@ from images import png_bytes
 from syncd import hashing
 from syncd.config import Config, parse_config
 from syncd.engine import PassOptions, PassResult, Runtime, sync_account
+from syncd.errors import TransientError
 from syncd.graph import GraphClient
 from syncd.manifest import SqliteManifest
 from syncd.models import UploadIntent
@@ -32,12 +33,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 HELD_BACK_SECONDS = 10.0  # how long a held batch waits for a POST before giving up
 
 
-def _config(env: SyncEnv, workers: int = 4) -> Config:
+def _config(env: SyncEnv, max_attempts: int = 5) -> Config:
     return parse_config(
         {
             "graph": {"base_url": env.emu.base_url, "timeout_seconds": 10.0},
             "manifest": {"path": str(env.manifest)},
-            "sync": {"settle_seconds": 0.0, "delete_grace_seconds": 0.0, "workers": workers},
+            "sync": {
+                "settle_seconds": 0.0,
+                "delete_grace_seconds": 0.0,
+                "workers": 4,
+                "max_attempts": max_attempts,
+            },
             "accounts": [
                 {"id": ACCOUNT, "folder": str(env.folder()), "rate_per_second": 100.0, "burst": 50}
             ],
@@ -45,8 +51,8 @@ def _config(env: SyncEnv, workers: int = 4) -> Config:
     )
 
 
-def _pass(env: SyncEnv, opts: PassOptions) -> PassResult:
-    config = _config(env)
+def _pass(env: SyncEnv, opts: PassOptions, max_attempts: int = 5) -> PassResult:
+    config = _config(env, max_attempts)
 
     async def run() -> PassResult:
         async with Runtime.open(config, Secrets(token=Token(TOKEN))) as rt:
@@ -182,3 +188,30 @@ def test_content_with_an_open_intent_waits_for_the_plan(env: SyncEnv, held: Held
     assert result.report.ok, result.report
     assert result.report.uploaded == 1  # by the plan, after the intent was dropped
     assert [i["name"] for i in env.images()] == ["again.png"]
+
+
+def test_a_transient_failure_during_the_scan_waits_for_the_next_pass(
+    env: SyncEnv, held: HeldScan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retried as often as any upload is, then left pending: not tried a second time by the
+    plan of the same pass (which would double the retries and the report)."""
+    folder = env.folder()
+    (folder / "flaky.png").write_bytes(png_bytes(1))
+    (folder / "fine.png").write_bytes(png_bytes(2))
+    tries: list[str] = []
+    upload = GraphClient.upload
+
+    async def flaky(self: GraphClient, account: str, name: str, data: bytes) -> Any:
+        tries.append(name)
+        if name == "flaky.png":
+            raise TransientError("network error: ServerDisconnectedError")
+        return await upload(self, account, name, data)
+
+    monkeypatch.setattr(GraphClient, "upload", flaky)
+    result = _pass(env, PassOptions(), max_attempts=2)
+    assert sorted(tries) == ["fine.png", "flaky.png", "flaky.png"]  # two attempts, one try
+    assert [path for path, _ in result.report.failed] == ["flaky.png"]
+    assert env.sql("SELECT path, state FROM files ORDER BY path") == [
+        (b"fine.png", "synced"),
+        (b"flaky.png", "pending"),
+    ]
