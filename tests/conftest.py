@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -15,7 +16,10 @@ from typing import Any
 
 import pytest
 
+from syncd.config import parse_config
 from syncd.emulator import EmulatorThread, Faults
+from syncd.engine import PassOptions, PassResult, Runtime, sync_account
+from syncd.secrets import Secrets, Token
 
 TOKEN = "EAAB-test-token-Zx9Q7-do-not-leak"
 ACCOUNT = "1234567890"
@@ -149,6 +153,32 @@ class SyncEnv:
                 return conn.execute(query, args).fetchall()
         finally:
             conn.close()
+
+
+def engine_pass(env: SyncEnv, opts: PassOptions, **sync: Any) -> PassResult:
+    """One engine pass for the env's first account in this process (what `--reconcile` runs
+    per account), against the env's emulator; `sync` overrides keys of [sync]."""
+    config = parse_config(
+        {
+            "graph": {"base_url": env.emu.base_url, "timeout_seconds": 10.0},
+            "manifest": {"path": str(env.manifest)},
+            "sync": {
+                "settle_seconds": 0.0,
+                "delete_grace_seconds": 0.0,
+                "max_delete_fraction": 1.0,
+                **sync,
+            },
+            "accounts": [
+                {"id": ACCOUNT, "folder": str(env.folder()), "rate_per_second": 100.0, "burst": 50}
+            ],
+        }
+    )
+
+    async def run() -> PassResult:
+        async with Runtime.open(config, Secrets(token=Token(TOKEN))) as rt:
+            return await asyncio.wait_for(sync_account(rt, config.accounts[0], opts), 40)
+
+    return asyncio.run(run())
 
 
 def set_tokens(emu: EmulatorThread, valid: set[str]) -> None:

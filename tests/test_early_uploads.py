@@ -7,7 +7,6 @@ ends can release it; without them the waits run out and the test says so.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import threading
@@ -15,50 +14,20 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import ACCOUNT, TOKEN, SyncEnv
+from conftest import ACCOUNT, SyncEnv, engine_pass
 from images import png_bytes
 
 from syncd import hashing
-from syncd.config import Config, parse_config
-from syncd.engine import PassOptions, PassResult, Runtime, sync_account
+from syncd.engine import PassOptions
 from syncd.errors import TransientError
 from syncd.graph import GraphClient
 from syncd.manifest import SqliteManifest
 from syncd.models import UploadIntent
 from syncd.progress import Progress
-from syncd.secrets import Secrets, Token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 HELD_BACK_SECONDS = 10.0  # how long a held batch waits for a POST before giving up
-
-
-def _config(env: SyncEnv, max_attempts: int = 5) -> Config:
-    return parse_config(
-        {
-            "graph": {"base_url": env.emu.base_url, "timeout_seconds": 10.0},
-            "manifest": {"path": str(env.manifest)},
-            "sync": {
-                "settle_seconds": 0.0,
-                "delete_grace_seconds": 0.0,
-                "workers": 4,
-                "max_attempts": max_attempts,
-            },
-            "accounts": [
-                {"id": ACCOUNT, "folder": str(env.folder()), "rate_per_second": 100.0, "burst": 50}
-            ],
-        }
-    )
-
-
-def _pass(env: SyncEnv, opts: PassOptions, max_attempts: int = 5) -> PassResult:
-    config = _config(env, max_attempts)
-
-    async def run() -> PassResult:
-        async with Runtime.open(config, Secrets(token=Token(TOKEN))) as rt:
-            return await asyncio.wait_for(sync_account(rt, config.accounts[0], opts), 40)
-
-    return asyncio.run(run())
 
 
 class HeldScan:
@@ -111,7 +80,7 @@ def test_uploads_start_while_the_scan_still_hashes(env: SyncEnv, held: HeldScan)
     opts = PassOptions(
         on_queued=progress.queued, on_planned=progress.planned, on_uploaded=progress.uploaded
     )
-    result = _pass(env, opts)
+    result = engine_pass(env, opts)
     assert held.waits, "no batch was held back"
     assert all(held.waits), "the scan's held batches were not released by a POST"
     report = result.report
@@ -131,7 +100,7 @@ def test_no_upload_is_sent_before_the_listing_is_in(env: SyncEnv, held: HeldScan
     folder = env.folder()
     for i in range(20):
         (folder / f"img{i:02d}.png").write_bytes(png_bytes(i))
-    _pass(env, PassOptions())
+    engine_pass(env, PassOptions())
     methods = [r["method"] for r in env.requests(account=ACCOUNT)]
     listing = [i for i, r in enumerate(env.requests(account=ACCOUNT)) if _is_listing(r)]
     first_post = methods.index("POST")
@@ -149,7 +118,7 @@ def test_same_content_twice_is_one_upload_and_one_link(env: SyncEnv, held: HeldS
     (folder / "a.png").write_bytes(same)
     (folder / "b.png").write_bytes(same)
     (folder / "c.png").write_bytes(png_bytes(8))
-    result = _pass(env, PassOptions())
+    result = engine_pass(env, PassOptions())
     assert (result.report.uploaded, result.report.linked) == (2, 1), result.report
     assert len(env.requests("POST")) == 2
     rows = dict(env.sql("SELECT path, remote_hash FROM files"))
@@ -160,7 +129,7 @@ def test_a_permanent_failure_during_the_scan_is_reported_once(env: SyncEnv, held
     folder = env.folder()
     (folder / "corrupt.png").write_bytes(png_bytes(3)[:40])  # right signature, truncated
     (folder / "fine.png").write_bytes(png_bytes(4))
-    result = _pass(env, PassOptions())
+    result = engine_pass(env, PassOptions())
     assert [path for path, _ in result.report.failed] == ["corrupt.png"]
     assert result.plan is not None
     assert result.plan.uploads == []
@@ -183,7 +152,7 @@ def test_content_with_an_open_intent_waits_for_the_plan(env: SyncEnv, held: Held
     finally:
         manifest.close()
     queued: list[str] = []
-    result = _pass(env, PassOptions(on_queued=lambda up: queued.append(up.path)))
+    result = engine_pass(env, PassOptions(on_queued=lambda up: queued.append(up.path)))
     assert queued == []
     assert result.report.ok, result.report
     assert result.report.uploaded == 1  # by the plan, after the intent was dropped
@@ -208,7 +177,7 @@ def test_a_transient_failure_during_the_scan_waits_for_the_next_pass(
         return await upload(self, account, name, data)
 
     monkeypatch.setattr(GraphClient, "upload", flaky)
-    result = _pass(env, PassOptions(), max_attempts=2)
+    result = engine_pass(env, PassOptions(), max_attempts=2)
     assert sorted(tries) == ["fine.png", "flaky.png", "flaky.png"]  # two attempts, one try
     assert [path for path, _ in result.report.failed] == ["flaky.png"]
     assert env.sql("SELECT path, state FROM files ORDER BY path") == [

@@ -11,7 +11,6 @@ driving the real engine against the real emulator over loopback.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -28,14 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACCOUNT, TOKEN, Run, SyncEnv
+from conftest import ACCOUNT, TOKEN, Run, SyncEnv, engine_pass
 from daemon_proc import DaemonProc, wait_until
 from images import jpeg_bytes, png_bytes, write_image
 
-from syncd.config import Config, parse_config
-from syncd.engine import PassOptions, PassResult, Runtime, sync_account
+from syncd.engine import PassOptions
 from syncd.filters import MAX_IMAGE_BYTES
-from syncd.secrets import Secrets, Token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -44,34 +41,6 @@ NOBODY = 65534
 
 def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
-
-
-def _config(env: SyncEnv) -> Config:
-    return parse_config(
-        {
-            "graph": {"base_url": env.emu.base_url, "timeout_seconds": 10.0},
-            "manifest": {"path": str(env.manifest)},
-            "sync": {
-                "settle_seconds": 0.0,
-                "delete_grace_seconds": 0.0,
-                "max_delete_fraction": 1.0,
-            },
-            "accounts": [
-                {"id": ACCOUNT, "folder": str(env.folder()), "rate_per_second": 100.0, "burst": 30}
-            ],
-        }
-    )
-
-
-def _pass(env: SyncEnv, opts: PassOptions) -> PassResult:
-    """One engine pass in this process (what `--reconcile` runs per account)."""
-    config = _config(env)
-
-    async def run() -> PassResult:
-        async with Runtime.open(config, Secrets(token=Token(TOKEN))) as rt:
-            return await asyncio.wait_for(sync_account(rt, config.accounts[0], opts), 30)
-
-    return asyncio.run(run())
 
 
 def _before_upload(action: Callable[[], None]) -> PassOptions:
@@ -104,7 +73,7 @@ def test_file_changed_after_hashing_uploads_the_final_bytes_only(env: SyncEnv) -
     def rewrite() -> None:
         target.write_bytes(final)  # after the scan hashed it, before the upload reads it
 
-    result = _pass(env, _before_upload(rewrite))
+    result = engine_pass(env, _before_upload(rewrite))
     assert result.report.ok, result.report
     images = env.images()
     assert [i["content_md5"] for i in images] == [_md5(final)], "uploaded bytes not hashed"
@@ -123,7 +92,7 @@ def test_file_vanishing_before_it_is_read_is_neither_uploaded_nor_gone(env: Sync
         for path in doomed:  # listed by the walk, gone before the first read
             path.unlink()
 
-    result = _pass(env, PassOptions(on_hashed=_once(vanish)))
+    result = engine_pass(env, PassOptions(on_hashed=_once(vanish)))
     assert not result.report.failed, result.report
     assert sorted(i["name"] for i in env.images()) == ["v1.jpg", "v3.jpg", "v5.jpg"]
     assert env.requests("DELETE") == []
@@ -136,7 +105,7 @@ def test_file_vanishing_between_plan_and_upload_is_skipped_then_forgotten(env: S
     folder = env.folder()
     write_image(folder / "stays.gif", "gif", 1)
     going = write_image(folder / "goes.gif", "gif", 2)
-    result = _pass(env, _before_upload(going.unlink))
+    result = engine_pass(env, _before_upload(going.unlink))
     assert result.report.ok, result.report
     assert [i["name"] for i in env.images()] == ["stays.gif"]
     assert [p for (p,) in env.sql("SELECT path FROM files")] == [b"stays.gif"]
@@ -151,7 +120,7 @@ def test_file_growing_too_large_before_upload_is_skipped_not_fatal(env: SyncEnv)
         with growing.open("r+b") as f:
             f.truncate(MAX_IMAGE_BYTES + 1)  # sparse: cheap to make, too big to upload
 
-    result = _pass(env, _before_upload(grow))
+    result = engine_pass(env, _before_upload(grow))
     assert result.report.ok, result.report
     assert [i["name"] for i in env.images()] == ["fine.gif"]
     assert len(env.requests("POST")) == 1
@@ -170,7 +139,7 @@ def test_file_replaced_by_a_fifo_before_upload_is_not_opened(env: SyncEnv) -> No
         os.mkfifo(target)  # a blocking open or read here would hang the pass
 
     started = time.monotonic()
-    result = _pass(env, _before_upload(swap))
+    result = engine_pass(env, _before_upload(swap))
     assert time.monotonic() - started < 10
     assert env.requests("POST") == []
     assert not result.report.failed, result.report
