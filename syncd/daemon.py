@@ -420,8 +420,15 @@ class AccountDaemon:
 
     async def _examine(self, path: str, row: FileRecord | None, known: Known | None) -> None:
         """The scanner's full rules for one path the fast path (`take_in`) left to them."""
+        now = time.time()
+        stat = (await asyncio.to_thread(_stat_all, str(self.acct.folder), [path]))[0]
+        if stat is not None and stat[1] / 1e9 >= now:
+            # Stamped in the future (a camera set a year ahead, a link to such a file): the
+            # scanner's mtime rule would wait for the clock. The settle tracker has just seen
+            # the file unchanged, which is the rule here, as in take_in: "now" goes past it.
+            now = stat[1] / 1e9 + 1
         scan = await examine_paths(
-            self.acct.folder, [path], {path: known} if known else {}, now=time.time()
+            self.acct.folder, [path], {path: known} if known else {}, now=now
         )
         report = PassReport(self.account)
         for skip in scan.skips:

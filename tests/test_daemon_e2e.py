@@ -102,6 +102,26 @@ def test_files_stamped_in_the_future_are_uploaded(daemon_env: SyncEnv) -> None:
         assert proc.stop() == 0
 
 
+def test_link_to_a_file_stamped_in_the_future_is_uploaded(daemon_env: SyncEnv) -> None:
+    """A symlink takes the scanner's full rules, not the fast path: they too settle a future
+    stamp by observation instead of waiting a year (at start, and dropped in while watching)."""
+    folder = daemon_env.folder()
+    store = folder / ".store"  # hidden: its files are not candidates, the links to them are
+    store.mkdir()
+    ahead = time.time() + 365 * 24 * 3600
+    for name, data in (("a.jpg", jpeg_bytes(21)), ("b.png", png_bytes(22))):
+        (store / name).write_bytes(data)
+        os.utime(store / name, (ahead, ahead))
+    os.symlink(store / "a.jpg", folder / "first.jpg")
+    proc = start(daemon_env)
+    try:
+        os.symlink(store / "b.png", folder / "second.png")
+        wait_until(lambda: len(daemon_env.images()) == 2, what="both links uploaded")
+        assert names(daemon_env) == ["first.jpg", "second.png"]
+    finally:
+        assert proc.stop() == 0
+
+
 def test_part_file_renamed_gives_one_upload(daemon_env: SyncEnv, daemon: DaemonProc) -> None:
     part = daemon_env.folder() / "x.jpg.part"
     part.write_bytes(jpeg_bytes(4))
