@@ -30,9 +30,9 @@ from syncd.scanner import KnownLike
 
 # O_NOFOLLOW: a symlink is the scanner's business (it follows links that stay in the folder).
 # O_NONBLOCK: a FIFO that took the file's place must not block the open.
-_OPEN_FLAGS = (
-    os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class Verdict(enum.Enum):
@@ -79,10 +79,10 @@ def take_in_sync(root: str, path: str, known: KnownLike | None) -> Intake:
     parts = path.split("/")
     if not is_image_name(parts[-1]) or {"", ".", ".."} & set(parts):
         return _ASK  # the scanner gives the skip reason, or refuses the path
+    if any(ignore_reason(name, is_dir=True) is not None for name in parts[:-1]):
+        return _ASK  # the walk never goes into such a directory
     try:
-        if not _plain_directories(root, parts):
-            return _ASK
-        fd = os.open(os.path.join(root, *parts), _OPEN_FLAGS)
+        fd = _open_beneath(root, parts)
     except OSError:
         return _ASK  # vanished, a symlink (ELOOP), permission: the scanner's rules apply
     try:
@@ -93,16 +93,22 @@ def take_in_sync(root: str, path: str, known: KnownLike | None) -> Intake:
         os.close(fd)
 
 
-def _plain_directories(root: str, parts: list[str]) -> bool:
-    """Every directory between `root` and the file is a real one the walk would enter."""
-    here = root
-    for name in parts[:-1]:
-        here = os.path.join(here, name)
-        if ignore_reason(name, is_dir=True) is not None:
-            return False
-        if not stat.S_ISDIR(os.lstat(here).st_mode):
-            return False  # a symlinked directory: the walk never goes there
-    return True
+def _open_beneath(root: str, parts: list[str]) -> int:
+    """The file at `parts` under `root`, opened one directory at a time by descriptor, none
+    of them followed if it is a symlink (the walk never enters a symlinked directory).
+
+    Checking the directories first and then opening the whole path left a window in which a
+    directory swapped for a symlink would have sent the open outside the folder.
+    """
+    here = os.open(root, _DIR_FLAGS)
+    try:
+        for name in parts[:-1]:
+            below = os.open(name, _DIR_FLAGS | _NOFOLLOW, dir_fd=here)
+            os.close(here)
+            here = below
+        return os.open(parts[-1], _OPEN_FLAGS, dir_fd=here)
+    finally:
+        os.close(here)
 
 
 def _read_open(fd: int, path: str, name: str, known: KnownLike | None) -> Intake:

@@ -142,6 +142,34 @@ def test_anything_unusual_is_left_to_the_scanner(tmp_path: Path) -> None:
         assert got.verdict is Verdict.ASK_SCANNER, path
 
 
+def test_directory_swapped_for_a_symlink_mid_intake_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory on the way replaced by a link outside the folder just as the intake starts
+    opening: the open goes one directory at a time and follows no link, so nothing outside is
+    read (checking the directories and then opening the whole path left that window)."""
+    root, outside = tmp_path / "share", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.png").write_bytes(png_bytes(1))
+    outside.mkdir()
+    (outside / "a.png").write_bytes(png_bytes(2))  # what a followed link would read
+    real_open = os.open
+    swapped: list[bool] = []
+
+    def open_after_swap(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if not swapped:
+            swapped.append(True)
+            (root / "sub").rename(tmp_path / "was-sub")
+            (root / "sub").symlink_to(outside, target_is_directory=True)
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", open_after_swap)
+    got = take_in_sync(str(root), "sub/a.png", None)
+    assert swapped
+    assert got.verdict is Verdict.ASK_SCANNER
+    assert got.content is None
+
+
 def test_missing_folder_is_left_to_the_scanner(tmp_path: Path) -> None:
     got = take_in_sync(str(tmp_path / "gone"), "a.png", None)
     assert got.verdict is Verdict.ASK_SCANNER
