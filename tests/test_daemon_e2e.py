@@ -386,12 +386,21 @@ def test_file_deleted_during_its_upload_leaves_no_row_and_its_image_goes(
 ) -> None:
     folder = daemon_env.folder()
     (folder / "stays.png").write_bytes(png_bytes(10))  # an empty folder would hold deletions
-    wait_until(lambda: names(daemon_env) == ["stays.png"], what="first file uploaded")
+    wait_until(
+        lambda: (
+            daemon_env.sql("SELECT path, state FROM files") == [(b"stays.png", "synced")]
+            and daemon_env.sql("SELECT path FROM intents") == []
+        ),
+        what="first file uploaded and recorded",
+    )
     set_faults(daemon_env.emu, latency_min_ms=1500.0, latency_max_ms=1500.0)
     target = folder / "brief.png"
     target.write_bytes(png_bytes(11))
     # The intent is committed once the bytes are read and hashed, right before the POST.
-    wait_until(lambda: daemon_env.sql("SELECT md5 FROM intents") != [], what="upload started")
+    wait_until(
+        lambda: daemon_env.sql("SELECT path FROM intents") == [(b"brief.png",)],
+        what="upload started",
+    )
     target.unlink()  # gone while its bytes are on the wire
     wait_until(lambda: len(daemon_env.images(include_deleted=True)) == 2, what="upload done")
     # The upload's row must not outlive the file: the content is gone, so after the grace
