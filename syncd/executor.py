@@ -41,7 +41,7 @@ Clock = Callable[[], float]
 # Files up to this size are read while the upload before them is on the wire (upload_all).
 READ_AHEAD_BYTES = 1 << 20
 
-_Read = tuple[bytes, str] | str  # a file's bytes and MD5, or why it cannot be read now
+_Read = Hashed | str  # a file's bytes and their MD5, or why it cannot be read now
 
 
 @dataclass(slots=True)
@@ -330,19 +330,15 @@ class Executor:
         bound: FilteringBoundLogger,
     ) -> bytes | None:
         """The bytes to send, whose MD5 is the plan's; None (logged) when the file changed."""
-        if given is None:
-            got = await (ahead if ahead is not None else _read(ctx.root / up.path))
-            if isinstance(got, str):
-                bound.info("file_changed", reason=got)
-                return None
-            data, md5 = got
-        else:
-            data, md5 = given.data, given.md5
-        if md5 != up.md5:
+        got: _Read = given if given is not None else await (ahead or _read(ctx.root / up.path))
+        if isinstance(got, str):
+            bound.info("file_changed", reason=got)
+            return None
+        if got.md5 != up.md5:
             # The file changed after it was hashed: upload nothing now, the next pass will.
             bound.info("file_changed", reason="content changed since the scan")
             return None
-        return data
+        return got.data
 
     def _origin(self, image_hash: str, md5: str, ctx: UploadContext) -> ImageOrigin:
         if image_hash in ctx.preexisting and md5 not in ctx.intent_md5s:
@@ -441,11 +437,12 @@ async def _read(path: Path) -> _Read:
     it with that reason, where an exception here would have ended the whole pass.
     """
     try:
-        return await read_and_hash(path, max_bytes=MAX_IMAGE_BYTES)
+        data, md5 = await read_and_hash(path, max_bytes=MAX_IMAGE_BYTES)
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}"
     except FileTooLargeError as exc:
         return str(exc)
+    return Hashed(data, md5)  # read_and_hash took the MD5 of these very bytes
 
 
 def _md5s(deletions: Iterable[Deletion]) -> list[str]:

@@ -134,7 +134,7 @@ def _trace(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     events: list[str] = []
     read, upload = syncd.executor._read, rig.channel.upload
 
-    async def traced_read(path: Path) -> tuple[bytes, str] | str:
+    async def traced_read(path: Path) -> Hashed | str:
         events.append(f"read {path.name}")
         return await read(path)
 
