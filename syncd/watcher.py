@@ -2,10 +2,10 @@
 
 A thin, reliable bridge: it does not filter, hash or debounce (the service does). What it adds
 to watchdog is the part watchdog leaves to its caller: choosing polling for network shares,
-falling back to polling when inotify runs out of watches, pacing the polling of big trees
-(syncd.polling), turning "events were lost" into RESCAN, and a health task that notices the
-root vanishing (FOLDER_GONE), coming back (FOLDER_BACK) or the observer dying (restart +
-RESCAN).
+falling back to polling when inotify runs out of watches, polling with a lighter and paced
+emitter of its own (syncd.polling), turning "events were lost" into RESCAN, and a health task
+that notices the root vanishing (FOLDER_GONE), coming back (FOLDER_BACK) or the observer dying
+(restart + RESCAN).
 
 Moves of a directory: watchdog's inotify emitter follows a DirMovedEvent with synthetic
 moved events for everything inside it, and the polling emitter reports those inner moves too
@@ -38,7 +38,7 @@ from watchdog import events as ev
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from syncd.polling import PacedPollingObserver
+from syncd.polling import PollingObserver
 
 _log = structlog.get_logger("syncd.watcher")
 _T = TypeVar("_T")
@@ -388,7 +388,7 @@ class FolderWatcher:
     def _spawn(self, mode: Mode, handler: _Bridge, real: str) -> None:
         """Build, schedule and start an observer (blocking: polling takes a first snapshot)."""
         observer: BaseObserver = (
-            PacedPollingObserver(timeout=self._poll_interval) if mode == "polling" else Observer()
+            PollingObserver(timeout=self._poll_interval) if mode == "polling" else Observer()
         )
         try:
             observer.schedule(handler, real, recursive=True, event_filter=_WANTED_EVENTS)

@@ -131,9 +131,23 @@ def test_part_file_renamed_gives_one_upload(daemon_env: SyncEnv, daemon: DaemonP
     assert len(daemon_env.requests("POST")) == 1
 
 
+@pytest.mark.parametrize("observer", ["native", "polling"])
 def test_rename_and_directory_move_inside_upload_nothing(
-    daemon_env: SyncEnv, daemon: DaemonProc
+    daemon_env: SyncEnv, observer: str
 ) -> None:
+    # No grace, so nothing but the daemon's own care keeps an image whose file moved: polling
+    # sees a move only by comparing two looks (inode, size and mtime; syncd.polling).
+    daemon_env.sync.update(observer=observer, poll_interval_seconds=0.2, delete_grace_seconds=0.0)
+    daemon = start(daemon_env)
+    try:
+        _rename_and_move_inside(daemon_env)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc.poll() is None:
+            daemon.kill()
+
+
+def _rename_and_move_inside(daemon_env: SyncEnv) -> None:
     folder = daemon_env.folder()
     (folder / "d").mkdir()
     (folder / "d" / "a.jpg").write_bytes(jpeg_bytes(1))
