@@ -91,20 +91,21 @@ def _entry(dirent: os.DirEntry[str]) -> tuple[str, Entry | None]:
 def snapshot_diff(old: Snapshot, new: Snapshot) -> list[ev.FileSystemEvent]:
     """The events that take `old` to `new`: moves, then deletions, creations and modifications.
 
-    A move is an entry gone from one path whose inode turns up at a new one. For a file the
-    size and mtime must match too, as a rename keeps them: a deleted file's inode number is
-    soon reused, and the daemon takes a moved file's record along and checks the new path by
-    size and mtime only. A directory's own mtime and size change with its entries, so a
-    directory is never reported as modified.
+    A move is an entry gone from one path that turns up unchanged at a new one: the same
+    inode, size and mtime, which a rename keeps. The inode alone is not enough: a deleted
+    file's inode number is soon reused, and the daemon takes a moved file's record along and
+    checks the new path by size and mtime only. A directory renamed while its entries changed
+    is a deletion and a creation, and its files still come as moves one by one. A directory's
+    own mtime and size change with its entries, so it is never reported as modified.
     """
     if old == new:
         return []
     gone = old.keys() - new.keys()
     came = new.keys() - old.keys()
-    arrived = {_identity(new[p]): p for p in came}
+    arrived = {new[p]: p for p in came}
     events: list[ev.FileSystemEvent] = []
     for path in sorted(gone):
-        dest = arrived.pop(_identity(old[path]), None)
+        dest = arrived.pop(old[path], None)
         if dest is None:
             continue
         gone.discard(path)
@@ -116,11 +117,6 @@ def snapshot_diff(old: Snapshot, new: Snapshot) -> list[ev.FileSystemEvent]:
     changed = sorted(p for p in old.keys() & new.keys() if old[p] != new[p] and not new[p][2])
     events.extend(ev.FileModifiedEvent(p) for p in changed)
     return events
-
-
-def _identity(entry: Entry) -> tuple[int, ...]:
-    """What must match for a move: the inode, and for a file also its size and mtime."""
-    return entry[:3] if entry[2] else entry
 
 
 def _simple(
