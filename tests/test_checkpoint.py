@@ -78,13 +78,17 @@ def test_the_wal_stays_bounded_under_steady_writing(tmp_path: Path) -> None:
     db = tmp_path / "m.sqlite3"
     manifest = SqliteManifest.open(db)
     sizes = []
-    for batch in range(6):
-        for i in range(batch * 200, batch * 200 + 200):
-            _upload(manifest, i)
-        sizes.append(Path(f"{db}-wal").stat().st_size)
+    try:
+        for batch in range(6):
+            for i in range(batch * 200, batch * 200 + 200):
+                _upload(manifest, i)
+            sizes.append(Path(f"{db}-wal").stat().st_size)
+    finally:
+        manifest.close()  # also when failing: its checkpoint thread must not outlive the test
     # 1,200 uploads write about 40 MB of pages; the WAL starts over instead of holding them.
-    assert max(sizes) < 12 * 1024 * 1024
-    manifest.close()
+    # Where it starts over depends on when the commits and the checkpoint thread meet: it
+    # peaks at 4.3-5.1 MB as a rule, and once, in CI, reached 14.3 MB.
+    assert max(sizes) < 20 * 1024 * 1024, sizes
     assert not Path(f"{db}-wal").exists()  # closing checkpointed the rest and removed it
 
 
