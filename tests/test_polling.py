@@ -286,8 +286,12 @@ def test_pace_is_logged_when_it_departs_from_the_interval(
 def test_a_quick_folder_keeps_the_configured_interval(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"x")
     handler = Created()
-    # A one-file look takes well under the 26 ms that would stretch a 0.5 s interval.
-    with capture_logs() as logs, observing(tmp_path, PollingObserver(timeout=0.5), handler) as em:
+    # Each look takes 1 ms by this clock (26 ms would stretch a 0.5 s interval). The real
+    # clock made this test fail whenever a loaded machine paused the thread mid-look.
+    ticks = itertools.count()
+    observer = PollingObserver(timeout=0.5, clock=lambda: next(ticks) / 1000)
+    with capture_logs() as logs, observing(tmp_path, observer, handler) as em:
+        assert em.last_look == pytest.approx(0.001)
         assert em.pause(0.5) == 0.5
         (tmp_path / "b.jpg").write_bytes(b"x")
         assert handler.seen.wait(timeout=5)
