@@ -23,7 +23,6 @@ import json
 import math
 import os
 import shutil
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from conftest import ACCOUNT, TOKEN, SyncEnv, run_syncd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from images import png_bytes, write_image
+from loopback_server import LoopbackServer
 
 from syncd.backoff import Backoff
 from syncd.channel import AccountChannel
@@ -367,17 +367,13 @@ class Answer:
 Handler = Callable[[web.Request], Awaitable[Answer]]
 
 
-class HostileServer:
-    """An aiohttp app on 127.0.0.1 in its own thread, answering what `handler` says."""
+class HostileServer(LoopbackServer):
+    """A server on 127.0.0.1 in its own thread, answering what `handler` says."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.handler: Handler = self._default
         self.seen: list[tuple[str, str, str]] = []  # (method, path, query)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-        self.url = ""
 
     async def _default(self, request: web.Request) -> Answer:
         return Answer()
@@ -405,31 +401,6 @@ class HostileServer:
                 await resp.write(chunk)
             return resp
         return web.Response(status=answer.status, body=answer.body, headers=headers)
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def __enter__(self) -> HostileServer:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,10 @@ metrics text, the manifest and its WAL are searched for the secrets, whole or in
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
 import subprocess
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from aiohttp import web
 from conftest import ACCOUNT, ACCOUNT_B, TOKEN, Run, SyncEnv, run_syncd, set_faults, set_tokens
 from daemon_proc import DaemonProc
 from images import png_bytes, write_image
+from loopback_server import LoopbackServer
 
 from syncd.emulator import EmulatorThread
 from syncd.secrets import Token, appsecret_proof
@@ -96,16 +95,9 @@ def _emulator_config(emu: EmulatorThread, **changes: object) -> None:
     emu.call(apply)
 
 
-class EchoServer:
+class EchoServer(LoopbackServer):
     """A Graph look-alike that answers reads and refuses uploads quoting the caller's
     Authorization header and query back, the way a careless API or proxy might."""
-
-    def __init__(self) -> None:
-        self.url = ""
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
     async def _handle(self, request: web.Request) -> web.Response:
         await request.read()
@@ -128,29 +120,6 @@ class EchoServer:
             status=status,
             headers={"WWW-Authenticate": quoted},
         )
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def __enter__(self) -> EchoServer:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
 
 def _free_port() -> int:
