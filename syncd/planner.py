@@ -10,7 +10,8 @@ The safety rules live here and only here:
 - only when no local file holds any content that maps to its hash,
 - only after `delete_grace_seconds` counted from when syncd first saw it gone,
 - never when the folder is missing, unreadable, looks unmounted, or was only partly read,
-- never more than `max_delete_fraction` of the account's images in one pass (unless allowed),
+- never more than `max_delete_fraction` of the account's images in one pass, counting those
+  still in their grace period (unless allowed),
 - and, at execution time, never while a creative uses it (`confirm_deletions`).
 """
 
@@ -343,6 +344,13 @@ def _guard(
     policy: Policy,
     plan: Plan,
 ) -> None:
+    """Withhold every due deletion when the folder looks wrong or too much of it is gone.
+
+    The fraction counts the images still in their grace period with the due ones: the files
+    of one mass removal are seen gone moments apart (a sync client, an `rm -r` over a share),
+    so their graces end moments apart too, and the daemon's sweeps would otherwise meet them
+    in slices, each under the fraction.
+    """
     if not view.scan_complete:
         plan.guard = "part of the folder could not be read"
     elif due and not policy.allow_mass_delete:
@@ -350,13 +358,15 @@ def _guard(
         for image in live:
             owned[image.hash] = owned.get(image.hash, True) and image.origin is ImageOrigin.UPLOADED
         total = sum(owned.values())
+        going = len(due) + len(plan.waiting)
         nothing_local = not view.local and not view.skips and not view.unsure
         if nothing_local:
             plan.guard = "folder is empty (looks unmounted)"
-        elif len(due) > policy.max_delete_fraction * total:
+        elif going > policy.max_delete_fraction * total:
+            later = f" ({len(plan.waiting)} of them still in their grace period)"
             plan.guard = (
-                f"would delete {len(due)} of {total} images, more than "
-                f"max_delete_fraction={policy.max_delete_fraction:g}"
+                f"would delete {going} of {total} images{later if plan.waiting else ''}, "
+                f"more than max_delete_fraction={policy.max_delete_fraction:g}"
             )
     if plan.guard is None:
         plan.deletions = due

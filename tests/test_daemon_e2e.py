@@ -204,6 +204,40 @@ def test_deleted_file_image_deleted_after_grace(daemon_env: SyncEnv) -> None:
     assert proc.stop() == 0
 
 
+def test_a_mass_removal_seen_in_slices_deletes_nothing(daemon_env: SyncEnv) -> None:
+    """Six of ten files removed in two moments, 1.5 s apart (a sync client, an `rm -r` over
+    a share): their graces end apart too. Each slice is under max_delete_fraction = 0.5, the
+    whole is over it, so the sweep that meets the first slice due withholds everything."""
+    daemon_env.sync.update(delete_grace_seconds=5.0, max_delete_fraction=0.5)
+    folder = daemon_env.folder()
+    for i in range(10):
+        write_image(folder / f"f{i}.png", "png", i)
+    proc = start(daemon_env)
+    try:
+        wait_until(
+            lambda: (
+                daemon_env.sql("SELECT COUNT(*) FROM files WHERE state = 'synced'") == [(10,)]
+                and daemon_env.sql("SELECT COUNT(*) FROM intents") == [(0,)]
+            ),
+            what="ten uploads recorded",
+        )
+        for i in range(3):
+            (folder / f"f{i}.png").unlink()
+        time.sleep(1.5)  # the second slice is seen gone later: the scenario under test
+        for i in range(3, 6):
+            (folder / f"f{i}.png").unlink()
+        withheld = proc.wait_event("deletions_withheld", timeout=30)
+        assert "would delete 6 of 10 images" in withheld["reason"]
+        # Past the second slice's grace too: it is withheld as well.
+        wait_until(lambda: proc.count("deletions_withheld") >= 2, timeout=60, what="recheck")
+        assert daemon_env.requests("DELETE") == []
+        assert len(daemon_env.images()) == 10
+        assert proc.stop() == 0
+    finally:
+        if proc.proc.poll() is None:
+            proc.kill()
+
+
 def test_delete_then_restore_within_grace_deletes_nothing(daemon_env: SyncEnv) -> None:
     # The restored copy is linked within a settle period (0.3 s); the grace leaves room for
     # a busy machine to be seconds late with that.

@@ -174,6 +174,28 @@ def test_fraction_guard() -> None:
     assert "3 of 8" in plan.guard
 
 
+def test_fraction_guard_counts_images_still_in_their_grace() -> None:
+    """A removal seen in two moments: its first part comes due while the rest still waits.
+    Each part is under the fraction, the whole is over it: nothing is deleted."""
+    policy = Policy(delete_grace_seconds=60, max_delete_fraction=0.25)
+    images = [image(f"m{i}", gone=0.0 if i < 2 else None) for i in range(8)]
+    images[2] = image("m2", gone=30.0)  # gone 30 s after the first two
+    keep = [local(f"f{i}.jpg", f"m{i}") for i in range(3, 8)]
+    plan = plan_account(view(images=images, local=keep, now=61.0), policy)
+    assert [h for h, _ in plan.waiting] == ["h-m2"]
+    assert plan.deletions == []
+    assert plan.guard == (
+        "would delete 3 of 8 images (1 of them still in their grace period), "
+        "more than max_delete_fraction=0.25"
+    )
+    # The same two due with nothing else on its way is within the fraction.
+    images[2] = image("m2")
+    keep.append(local("f2.jpg", "m2"))
+    plan = plan_account(view(images=images, local=keep, now=61.0), policy)
+    assert [d.hash for d in plan.deletions] == ["h-m0", "h-m1"]
+    assert plan.guard is None
+
+
 def test_incomplete_scan_deletes_and_forgets_nothing() -> None:
     policy = Policy(delete_grace_seconds=0, max_delete_fraction=1.0)
     f = local("a.jpg", "m1")
