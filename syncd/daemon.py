@@ -26,7 +26,7 @@ from syncd.engine import PassOptions, Runtime, policy_for, sync_account
 from syncd.errors import ManifestError
 from syncd.executor import READ_AHEAD_BYTES, PassReport, UploadContext
 from syncd.graph import upload_name
-from syncd.hashing import Hashed
+from syncd.hashing import Hashed, read_error_reason
 from syncd.intake import Intake, Verdict, take_in
 from syncd.models import FileRecord, FileState, FolderState, LocalFile, display_path
 from syncd.planner import AccountView, Deletion, Upload, failed_unchanged, plan_account
@@ -294,6 +294,12 @@ class AccountDaemon:
         for path, stat in zip(paths, stats, strict=True):
             if stat is None:
                 self._forget_path(path)
+            elif isinstance(stat, str):
+                # Refused (permissions, a share's ESTALE or EIO), not gone: its row, if any,
+                # keeps holding its content; the next event or rescan looks again.
+                log.warning(
+                    "file_unreadable", account=self.account, path=display_path(path), reason=stat
+                )
             else:
                 self._settle.touch(path, now, stat)
 
@@ -303,7 +309,9 @@ class AccountDaemon:
             return
         stats = await asyncio.to_thread(_stat_all, str(self.acct.folder), due)
         now = time.time()
-        for path, stat in zip(due, stats, strict=True):
+        for path, got in zip(due, stats, strict=True):
+            # Refused now (a str): not settled; the next event or rescan brings it back.
+            stat = None if isinstance(got, str) else got
             if self._settle.confirm(path, stat, now) and path not in self._queued:
                 self._queued[path] = stat[0] if stat is not None else 0
                 await self._queue.put(path)  # bounded: a burst waits here, memory stays flat
@@ -422,7 +430,7 @@ class AccountDaemon:
         """The scanner's full rules for one path the fast path (`take_in`) left to them."""
         now = time.time()
         stat = (await asyncio.to_thread(_stat_all, str(self.acct.folder), [path]))[0]
-        if stat is not None and stat[1] / 1e9 >= now:
+        if isinstance(stat, tuple) and stat[1] / 1e9 >= now:
             # Stamped in the future (a camera set a year ahead, a link to such a file): the
             # scanner's mtime rule would wait for the clock. The settle tracker has just seen
             # the file unchanged, which is the rule here, as in take_in: "now" goes past it.
@@ -618,13 +626,15 @@ def _files_under(root: str, directory: str) -> list[str]:
     return found
 
 
-def _stat_all(root: str, paths: list[str]) -> list[tuple[int, int] | None]:
-    out: list[tuple[int, int] | None] = []
+def _stat_all(root: str, paths: list[str]) -> list[tuple[int, int] | str | None]:
+    """(size, mtime_ns) of each path; None for one that is gone, why for one that is refused."""
+    out: list[tuple[int, int] | str | None] = []
     for path in paths:
         try:
             st = os.stat(os.path.join(root, path))
-        except OSError:
-            out.append(None)
+        except OSError as exc:
+            gone = isinstance(exc, FileNotFoundError | NotADirectoryError)
+            out.append(None if gone else read_error_reason(exc))
             continue
         out.append((st.st_size, st.st_mtime_ns))
     return out

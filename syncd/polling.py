@@ -50,8 +50,9 @@ def take_snapshot(root: str, recursive: bool, previous: Snapshot) -> Snapshot:
     """Every entry under `root`.
 
     Raises FileNotFoundError or NotADirectoryError when `root` is gone, and OSError when it
-    cannot be listed. A directory below it that cannot be listed (permissions, a share's
-    hiccup) keeps what `previous` held under it: it must not look emptied.
+    cannot be listed. What cannot be looked at below it (a directory that cannot be listed,
+    an entry that cannot be stat'ed: permissions, a share's hiccup) keeps what `previous`
+    held there: it must not look deleted, which would start its content's way to deletion.
     """
     snapshot: Snapshot = {}
     stack = [root]
@@ -64,27 +65,42 @@ def take_snapshot(root: str, recursive: bool, previous: Snapshot) -> Snapshot:
             if directory == root:
                 raise
             if exc.errno not in _VANISHED:
-                prefix = directory + os.sep
-                snapshot.update((p, e) for p, e in previous.items() if p.startswith(prefix))
+                _keep_under(snapshot, previous, directory)
             continue
         for path, entry in found:
-            if entry is None:
+            if entry is _GONE:
                 continue  # gone between the listing and its stat
+            if entry is _UNKNOWN:
+                if (last := previous.get(path)) is not None:
+                    snapshot[path] = last
+                    if last[2]:
+                        _keep_under(snapshot, previous, path)
+                continue
             snapshot[path] = entry
             if entry[2] and recursive:
                 stack.append(path)
     return snapshot
 
 
-def _entry(dirent: os.DirEntry[str]) -> tuple[str, Entry | None]:
+def _keep_under(snapshot: Snapshot, previous: Snapshot, directory: str) -> None:
+    prefix = directory + os.sep
+    snapshot.update((p, e) for p, e in previous.items() if p.startswith(prefix))
+
+
+# What `_entry` says of an entry it could not stat: gone (ENOENT) or not known this time.
+_GONE: Entry = (-1, -1, False, -1, -1)
+_UNKNOWN: Entry = (-2, -2, False, -2, -2)
+
+
+def _entry(dirent: os.DirEntry[str]) -> tuple[str, Entry]:
     try:
         is_dir = dirent.is_dir(follow_symlinks=False)
         try:
             st = dirent.stat()
         except OSError:
             st = dirent.stat(follow_symlinks=False)  # a dangling link: the link itself
-    except OSError:
-        return dirent.path, None
+    except OSError as exc:
+        return dirent.path, _GONE if exc.errno in _VANISHED else _UNKNOWN
     return dirent.path, (st.st_dev, st.st_ino, is_dir, st.st_size, st.st_mtime_ns)
 
 

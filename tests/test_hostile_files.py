@@ -469,3 +469,41 @@ def test_daemon_runs_as_nobody_reading_the_share_writing_only_its_state(
     state = world.manifest.parent
     assert {p.stat().st_uid for p in [state, *state.iterdir()]} == {NOBODY}
     assert "Traceback" not in daemon.output
+
+
+@pytest.mark.timeout(60)
+def test_daemon_keeps_the_image_of_a_file_it_is_refused_a_look_at(
+    nobody_world: tuple[SyncEnv, Path],
+) -> None:
+    """A folder's permissions change on the share: its files cannot be stat'ed any more. That
+    is not a deletion (with delete_grace_seconds = 0 the image would go at once)."""
+    world, _ = nobody_world
+    world.sync.update(settle_seconds=0.1, observer="native", rescan_interval_seconds=3600.0)
+    folder = world.folder()
+    sub = folder / "sub"
+    inside = write_image(sub / "a.png", "png", 50)
+    write_image(folder / "b.png", "png", 51)
+    world.write_config()
+    world.config_path.chmod(0o644)
+    daemon = NobodyDaemon(world.config_path, TOKEN)
+    try:
+        daemon.wait_event("scan_complete")
+        wait_until(
+            lambda: world.sql("SELECT COUNT(*) FROM files WHERE state = 'synced'") == [(2,)],
+            what="both uploads recorded",
+        )
+        sub.chmod(0o700)  # root's own now: uid 65534 may not look inside
+        os.utime(inside)  # an event for the file the daemon can no longer stat
+        daemon.wait_event("file_unreadable", path="sub/a.png")
+        (folder / "c.png").write_bytes(b"not an image")  # a later event, handled after it
+        daemon.wait_event("file_skipped", path="c.png")
+        assert world.requests("DELETE") == [], "deleted the image of a file it could not see"
+        assert world.sql("SELECT path FROM files WHERE state = 'synced' ORDER BY path") == [
+            (b"b.png",),
+            (b"sub/a.png",),
+        ]
+        assert daemon.stop() == 0, daemon.output[-3000:]
+    finally:
+        sub.chmod(0o755)
+        if daemon.proc.poll() is None:
+            daemon.kill()

@@ -115,6 +115,48 @@ def look(root: Path) -> Snapshot:
     return take_snapshot(str(root), True, {})
 
 
+class Unstattable:
+    """A directory entry whose stat fails, as a share may refuse one (root can stat anything)."""
+
+    def __init__(self, real: os.DirEntry[str], failure: int) -> None:
+        self._real = real
+        self._failure = failure
+        self.path = real.path
+
+    def is_dir(self, *, follow_symlinks: bool = True) -> bool:
+        return self._real.is_dir(follow_symlinks=follow_symlinks)
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        raise OSError(self._failure, os.strerror(self._failure), self.path)
+
+
+def test_an_entry_that_cannot_be_stated_keeps_what_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b.jpg").write_bytes(b"x")
+    (tmp_path / "c.jpg").write_bytes(b"x")
+    before = take_snapshot(str(tmp_path), True, {})
+    refused = {str(tmp_path / "a.jpg"), str(tmp_path / "d")}
+    failure = errno.EACCES
+    real_scandir = os.scandir
+
+    @contextmanager
+    def scandir(path: str) -> Iterator[list[object]]:
+        with real_scandir(path) as entries:
+            yield [Unstattable(e, failure) if e.path in refused else e for e in entries]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    (tmp_path / "c.jpg").unlink()
+    after = take_snapshot(str(tmp_path), True, before)
+    # The refused file and directory, and what the directory held, are as they were.
+    assert snapshot_diff(before, after) == [ev.FileDeletedEvent(str(tmp_path / "c.jpg"))]
+    assert str(tmp_path / "d" / "b.jpg") in after
+    failure = errno.ENOENT  # vanished between the listing and the stat: gone
+    assert sorted(take_snapshot(str(tmp_path), True, before)) == []
+
+
 def test_diff_of_equal_snapshots_is_empty(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"x")
     assert snapshot_diff(look(tmp_path), look(tmp_path)) == []
