@@ -333,7 +333,9 @@ def _image(item: object) -> RemoteImage | None:
         creatives=creative_ids,
         in_adgroups=in_adgroups is True,
         created_time=_text(item.get("created_time")),
-        uncertain=not readable or in_adgroups not in (None, True, False),
+        # Only a JSON boolean is an answer: `1 in (True, False)` holds in Python, and 1 is
+        # not `True`, so an integer flag would have read as "not in ad groups".
+        uncertain=not readable or not (in_adgroups is None or isinstance(in_adgroups, bool)),
     )
 
 

@@ -609,6 +609,9 @@ WRONG_TYPED = {
     "creatives as a string": {"hash": H_GONE, "creatives": "120210000000"},
     "creatives as an edge object": {"hash": H_GONE, "creatives": {"data": [{"id": "1"}]}},
     "creatives as a number": {"hash": H_GONE, "creatives": 120210000000},
+    # 1 == True in Python: an integer flag was once read as "not in ad groups".
+    "in ad groups as 1": {"hash": H_GONE, "is_associated_creatives_in_adgroups": 1},
+    "in ad groups as a string": {"hash": H_GONE, "is_associated_creatives_in_adgroups": "true"},
 }
 
 
