@@ -191,6 +191,11 @@ async def _one_pass(
         return False
     manifest = rt.manifest
     images = manifest.images(acct.id, names=False)
+    if remote is not None:
+        await _confirm_missing(channel, images, remote, listed_at)
+        if channel.auth_error is not None:
+            report.auth_failed = channel.auth_error.reason
+            return False
     if not opts.dry_run and scan.folder_state is FolderState.OK:
         images = _resolve_intents(rt, acct.id, scan, intents, remote, images)
     view = _view(acct.id, scan, files, images, remote, listed_at)
@@ -310,6 +315,43 @@ async def _list_remote(channel: AccountChannel, fields: str) -> RemoteListing | 
         # notice images deleted remotely or adopt existing ones.
         log.warning("remote_listing_failed", account=channel.account, reason=exc.reason)
         return None
+
+
+async def _confirm_missing(
+    channel: AccountChannel,
+    images: list[ImageRecord],
+    remote: RemoteListing,
+    listed_at: float,
+) -> None:
+    """Ask for the manifest's images the listing did not show, by hash, before the plan takes
+    them for deleted remotely: it would forget them, upload their content again, and record
+    an adopted image as syncd's own (deletable) from a listing a page short or answered empty.
+    Those the account still has are put in the listing. Nothing is missing in a steady state,
+    so this costs no call then."""
+    missing = [
+        img.hash
+        for img in images
+        if img.uploaded_at < listed_at
+        and ((seen := remote.get(img.hash)) is None or seen.status == "DELETED")
+    ]
+    if not missing:
+        return
+    try:
+        fresh = await channel.read(sorted(set(missing)))
+    except GraphError as exc:
+        # Unconfirmed: kept as present for this pass (nothing forgotten, nothing re-uploaded).
+        log.warning("listing_unconfirmed", account=channel.account, reason=exc.reason)
+        remote.update(RemoteImage(h) for h in missing)
+        return
+    found = [img for img in fresh.values() if img.status != "DELETED"]
+    if found:
+        log.warning(
+            "listing_incomplete",
+            account=channel.account,
+            missing=len(set(missing)),
+            still_there=len(found),
+        )
+        remote.update(found)
 
 
 def _resolve_intents(
