@@ -80,6 +80,7 @@ class AccountDaemon:
         self._dirty: set[str] = set()
         self._folder_ok = True
         self._last_gone = 0.0
+        self._foreign: set[str] = set()  # images on the account syncd did not put there
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -461,7 +462,9 @@ class AccountDaemon:
         """`content`: the file's bytes when they were just read and hashed (sent, not re-read)."""
         executor = self.rt.executors[self.account]
         up = Upload(f.md5, (f,), upload_name(f.path))
-        ctx = UploadContext(root=self.acct.folder, preexisting=set(), intent_md5s=set())
+        # Content whose image was already on the account at the last full pass is adopted,
+        # as reconcile does: syncd did not create that image and never deletes it.
+        ctx = UploadContext(root=self.acct.folder, preexisting=self._foreign, intent_md5s=set())
         await executor.upload_one(up, ctx, report, content)
         if row is not None and row.md5 and row.md5 != f.md5:
             self._content_maybe_gone(row.md5)  # the file was overwritten with new content
@@ -526,6 +529,8 @@ class AccountDaemon:
         self._folder_ok = True
         opts = PassOptions(wait_for_settle=False)
         result = await sync_account(self.rt, self.acct, opts)
+        if result.foreign is not None:
+            self._foreign = result.foreign
         self.counters.passes += 1
         self._absorb(result.report)
         if result.report.folder_error is None and not result.report.auth_failed:

@@ -106,6 +106,9 @@ class PassResult:
     skips: list[tuple[str, str]] = field(default_factory=list)
     in_use: set[str] = field(default_factory=set)  # due deletions a creative still uses
     unsettled: list[str] = field(default_factory=list)  # files still being written
+    # Hashes the account held at the listing that the manifest did not know and no upload of
+    # the pass answered with: images syncd did not put there. None without a listing.
+    foreign: set[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +221,8 @@ async def _one_pass(
         on_uploaded=opts.on_uploaded,
     )
     await rt.executors[acct.id].run(plan, ctx, report)
+    if remote is not None:
+        result.foreign = ctx.preexisting  # each upload's answer was taken out of it
     return bool(report.changed)
 
 

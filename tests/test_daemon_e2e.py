@@ -204,6 +204,35 @@ def test_deleted_file_image_deleted_after_grace(daemon_env: SyncEnv) -> None:
     assert proc.stop() == 0
 
 
+def test_a_file_whose_image_was_already_on_the_account_is_adopted_and_never_deleted(
+    daemon_env: SyncEnv,
+) -> None:
+    """Dropped in while the daemon runs, with content already on the account (put there by
+    hand, or by another tool): the daemon's upload answers with that image's hash, which
+    syncd did not create, so removing the file must not delete it."""
+    folder = daemon_env.folder()
+    write_image(folder / "by-hand.png", "png", 60)
+    assert daemon_env.reconcile().code == 0  # the image goes onto the account...
+    for path in [*daemon_env.manifest.parent.iterdir(), folder / "by-hand.png"]:
+        path.unlink()  # ...and syncd forgets it ever saw it
+    proc = start(daemon_env)  # delete_grace_seconds = 0
+    try:
+        write_image(folder / "dropped-in.png", "png", 60)
+        wait_until(
+            lambda: daemon_env.sql("SELECT origin FROM images") == [("adopted",)],
+            what="the upload recorded as adopted",
+        )
+        (folder / "dropped-in.png").unlink()
+        proc.wait_event("image_grace_started")
+        time.sleep(2.0)  # the sweep comes a quiet second later: a wrong DELETE would be sent
+        assert daemon_env.requests("DELETE") == [], "deleted an image syncd did not create"
+        assert daemon_env.sql("SELECT origin FROM images") == [("adopted",)]
+        assert proc.stop() == 0
+    finally:
+        if proc.proc.poll() is None:
+            proc.kill()
+
+
 def test_a_mass_removal_seen_in_slices_deletes_nothing(daemon_env: SyncEnv) -> None:
     """Six of ten files removed in two moments, 1.5 s apart (a sync client, an `rm -r` over
     a share): their graces end apart too. Each slice is under max_delete_fraction = 0.5, the
