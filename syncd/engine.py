@@ -420,6 +420,7 @@ def _view(
         scan_complete=not scan.incomplete,
         remote=remote,
         remote_as_of=listed_at,
+        rows_as_of=listed_at,  # `files` is read just after the listing starts
         unreadable=scan.errors,
     )
 

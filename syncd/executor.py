@@ -141,8 +141,9 @@ class Executor:
     def apply_records(self, plan: Plan) -> None:
         """The manifest-only part of a plan: links, skips, forgotten rows, grace clocks."""
         m = self._manifest
-        m.record_files([*plan.link, *plan.record, *plan.unreadable])
-        m.forget_files(self.account, plan.forget)
+        since = plan.rows_as_of
+        m.record_files([*plan.link, *plan.record, *plan.unreadable], unchanged_since=since)
+        m.forget_files(self.account, plan.forget, unchanged_since=since)
         m.drop_images(self.account, plan.stale)
         m.set_gone(self.account, plan.start_grace, self._clock())
         m.set_gone(self.account, plan.cancel_grace, None)

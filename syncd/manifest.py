@@ -12,6 +12,7 @@ found at start-up means a POST may have happened without its answer being record
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sqlite3
 import sys
@@ -78,8 +79,12 @@ class Manifest(Protocol):
     def files(self, account: str) -> dict[str, FileRecord]: ...
     def images(self, account: str, *, names: bool = True) -> list[ImageRecord]: ...
     def intents(self, account: str) -> list[UploadIntent]: ...
-    def record_files(self, records: Iterable[FileRecord]) -> None: ...
-    def forget_files(self, account: str, paths: Iterable[str]) -> None: ...
+    def record_files(
+        self, records: Iterable[FileRecord], *, unchanged_since: float = ...
+    ) -> None: ...
+    def forget_files(
+        self, account: str, paths: Iterable[str], *, unchanged_since: float = ...
+    ) -> None: ...
     def begin_upload(self, intent: UploadIntent) -> None: ...
     def abandon_upload(self, account: str, md5: str) -> None: ...
     def finish_upload(self, image: ImageRecord, files: Sequence[FileRecord]) -> None: ...
@@ -359,14 +364,22 @@ class SqliteManifest:
 
     # -- writes --------------------------------------------------------------------------
 
-    def record_files(self, records: Iterable[FileRecord]) -> None:
-        """Insert or replace file rows, all in one transaction."""
+    def record_files(
+        self, records: Iterable[FileRecord], *, unchanged_since: float = math.inf
+    ) -> None:
+        """Insert or replace file rows, all in one transaction; with `unchanged_since`, a row
+        written at or after that time is left as it is (it is newer than the caller's view)."""
         now = time.time()
-        rows = [_file_row(r, now) for r in records]
+        if unchanged_since == math.inf:
+            rows = [_file_row(r, now) for r in records]
+            sql = FILE_UPSERT
+        else:
+            rows = [(*_file_row(r, now), unchanged_since) for r in records]
+            sql = FILE_UPSERT_IF_OLDER
         if not rows:
             return
         with self._tx() as conn:
-            conn.executemany(FILE_UPSERT, rows)
+            conn.executemany(sql, rows)
 
     def move_files(self, account: str, moves: Iterable[tuple[FileRecord, str]]) -> None:
         """Re-key rows to their new paths (a rename inside the folder), atomically."""
@@ -383,12 +396,17 @@ class SqliteManifest:
             )
             conn.executemany(FILE_UPSERT, [_file_row(r, now, dest) for r, dest in rows])
 
-    def forget_files(self, account: str, paths: Iterable[str]) -> None:
-        """Remove the rows of files that are no longer in the folder."""
-        rows = [(account, _enc(p)) for p in paths]
+    def forget_files(
+        self, account: str, paths: Iterable[str], *, unchanged_since: float = math.inf
+    ) -> None:
+        """Remove the rows of files that are no longer in the folder; with `unchanged_since`,
+        not a row written at or after that time (the file came back meanwhile)."""
+        rows = [(account, _enc(p), unchanged_since) for p in paths]
         if rows:
             with self._tx() as conn:
-                conn.executemany("DELETE FROM files WHERE account = ? AND path = ?", rows)
+                conn.executemany(
+                    "DELETE FROM files WHERE account = ? AND path = ? AND updated_at < ?", rows
+                )
 
     def begin_upload(self, intent: UploadIntent) -> None:
         """Record that a POST of this content is about to be sent."""
@@ -468,6 +486,14 @@ class SqliteManifest:
 
 
 FILE_UPSERT = "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?,?,?,?,?)"
+# The same, except over a row written at or after the last parameter's time.
+FILE_UPSERT_IF_OLDER = (
+    "INSERT INTO files VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (account, path) DO UPDATE SET "
+    "size = excluded.size, mtime_ns = excluded.mtime_ns, md5 = excluded.md5, "
+    "state = excluded.state, remote_hash = excluded.remote_hash, "
+    "last_error = excluded.last_error, attempts = excluded.attempts, "
+    "updated_at = excluded.updated_at WHERE files.updated_at < ?"
+)
 
 
 def _file_row(r: FileRecord, now: float, path: str | None = None) -> tuple[object, ...]:

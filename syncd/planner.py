@@ -69,6 +69,9 @@ class AccountView:
     # When the listing began: an image recorded after that (a live upload racing the pass)
     # is simply not in it yet, and must not be taken for one deleted remotely.
     remote_as_of: float = math.inf
+    # When `files` was read. A daemon's live events may rewrite rows while its full pass
+    # plans: the plan's row writes skip any row written since (see Plan.rows_as_of).
+    rows_as_of: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,9 @@ class Plan:
     link: list[FileRecord] = field(default_factory=list)  # files whose content has a hash
     record: list[FileRecord] = field(default_factory=list)  # skipped or failed rows to write
     forget: list[str] = field(default_factory=list)  # manifest rows of files no longer there
+    # The rows `link`, `record`, `unreadable` and `forget` were decided from were read then:
+    # a row written since is newer than the decision and is left as it is.
+    rows_as_of: float = math.inf
     deletions: list[Deletion] = field(default_factory=list)
     start_grace: list[str] = field(default_factory=list)  # md5s now gone, clock starts
     cancel_grace: list[str] = field(default_factory=list)  # md5s back before their deletion
@@ -127,7 +133,7 @@ class Plan:
 
 def plan_account(view: AccountView, policy: Policy) -> Plan:
     """The plan for one account. Pure: same input, same plan."""
-    plan = Plan(account=view.account)
+    plan = Plan(account=view.account, rows_as_of=view.rows_as_of)
     if view.folder_state is not FolderState.OK:
         # Nothing can be learned from a folder we cannot see: no uploads, no forgetting,
         # no grace clocks, no deletions.
