@@ -38,6 +38,9 @@ from syncd.models import (
 
 VANISHED_REASONS = frozenset({"file vanished", "vanished during scan"})  # the scanner's words
 INTENT_CLOCK_SKEW = 300.0  # seconds of slack between our clock and Meta's created_time
+# An interrupted POST created its image within this long after its intent (retries and
+# throttling pauses included); a same-named image created later is someone else's upload.
+INTENT_WINDOW = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,17 +436,21 @@ def _intent_match(
         for img in remote.values()
         if img.name == intent.upload_name
         and img.hash not in known
-        and _created_after(img.created_time, intent.started_at - INTENT_CLOCK_SKEW)
+        and _created_within(
+            img.created_time,
+            intent.started_at - INTENT_CLOCK_SKEW,
+            intent.started_at + INTENT_WINDOW + INTENT_CLOCK_SKEW,
+        )
     ]
     return found[0] if len(found) == 1 else None
 
 
-def _created_after(created_time: str, threshold: float) -> bool:
+def _created_within(created_time: str, earliest: float, latest: float) -> bool:
     try:
         created = datetime.strptime(created_time, "%Y-%m-%dT%H:%M:%S%z").timestamp()
     except ValueError:
         return False
-    return created >= threshold
+    return earliest <= created <= latest
 
 
 def synced_record(account: str, f: LocalFile, image_hash: str) -> FileRecord:

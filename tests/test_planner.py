@@ -295,13 +295,16 @@ def test_claim_intents() -> None:
     held = UploadIntent(ACC, "m1", "a.jpg", "a.jpg", started)
     orphan = UploadIntent(ACC, "m2", "b.jpg", "b.jpg", started)
     unknown = UploadIntent(ACC, "m3", "c.jpg", "c.jpg", started)
+    # Named as the upload, but created two days after it began: a colleague's banner.jpg.
+    later = UploadIntent(ACC, "m4", "banner.jpg", "banner.jpg", started)
     remote = {
         "hb": RemoteImage("hb", name="b.jpg", created_time="2023-11-14T22:14:00+0000"),
         "old": RemoteImage("old", name="c.jpg", created_time="2020-01-01T00:00:00+0000"),
+        "hd": RemoteImage("hd", name="banner.jpg", created_time="2023-11-16T22:14:00+0000"),
     }
-    claimed, dropped = claim_intents([held, orphan, unknown], {"m1"}, remote, set())
+    claimed, dropped = claim_intents([held, orphan, unknown, later], {"m1"}, remote, set())
     assert [(i.md5, img.hash) for i, img in claimed] == [("m2", "hb")]
-    assert dropped == [unknown]
+    assert dropped == [unknown, later]
 
 
 # -- properties ----------------------------------------------------------------------------
