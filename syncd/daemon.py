@@ -81,6 +81,7 @@ class AccountDaemon:
         self._folder_ok = True
         self._last_gone = 0.0
         self._foreign: set[str] = set()  # images on the account syncd did not put there
+        self._refused: set[str] = set()  # paths whose stat was refused (logged once)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -206,6 +207,7 @@ class AccountDaemon:
             self._rescan.set()
 
     def _forget_path(self, path: str) -> None:
+        self._refused.discard(path)
         self._recheck_if_busy(path)
         self._settle.forget(path)
         row = self.rt.manifest.file(self.account, path)
@@ -298,10 +300,16 @@ class AccountDaemon:
             elif isinstance(stat, str):
                 # Refused (permissions, a share's ESTALE or EIO), not gone: its row, if any,
                 # keeps holding its content; the next event or rescan looks again.
-                log.warning(
-                    "file_unreadable", account=self.account, path=display_path(path), reason=stat
-                )
+                if path not in self._refused:  # said once, not at every event
+                    self._refused.add(path)
+                    log.warning(
+                        "file_unreadable",
+                        account=self.account,
+                        path=display_path(path),
+                        reason=stat,
+                    )
             else:
+                self._refused.discard(path)
                 self._settle.touch(path, now, stat)
 
     async def _confirm_due(self) -> None:

@@ -333,11 +333,11 @@ async def _confirm_missing(
     an adopted image as syncd's own (deletable) from a listing a page short or answered empty.
     Those the account still has are put in the listing. Nothing is missing in a steady state,
     so this costs no call then."""
+    status = remote.status
     missing = [
         img.hash
         for img in images
-        if img.uploaded_at < listed_at
-        and ((seen := remote.get(img.hash)) is None or seen.status == "DELETED")
+        if img.uploaded_at < listed_at and status(img.hash) in (None, "DELETED")
     ]
     if not missing:
         return

@@ -166,6 +166,14 @@ class RemoteListing(Mapping[str, RemoteImage]):
             return RemoteImage(key, "", status)
         return self._whole.get(key, default)
 
+    def status(self, key: str) -> str | None:
+        """The image's status, or None when it is not listed (builds no RemoteImage)."""
+        status = self._status.get(key)
+        if status is not None:
+            return status
+        whole = self._whole.get(key)
+        return whole.status if whole is not None else None
+
     def __contains__(self, key: object) -> bool:
         return key in self._status or key in self._whole
 

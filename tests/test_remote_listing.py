@@ -32,6 +32,7 @@ def test_a_listing_reads_as_the_dict_would(pages: list[list[RemoteImage]], probe
     assert set(listing) == set(expected)
     assert (probe in listing) == (probe in expected)
     assert listing.get(probe) == expected.get(probe)
+    assert listing.status(probe) == (expected[probe].status if probe in expected else None)
     assert sorted(listing.values(), key=_hash) == sorted(expected.values(), key=_hash)
     assert sorted(listing.items()) == sorted(expected.items())
 
