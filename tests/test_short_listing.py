@@ -38,20 +38,26 @@ def _adopted_world(env: SyncEnv) -> None:
     assert [o for _, o in _origins(env)] == ["adopted"]
 
 
-def _empty_listing(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def adopted_then_unlisted(
+    env: SyncEnv, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[tuple[str, str]], int]:
+    """An adopted image, then listings that come back empty: (image origins, POSTs so far)."""
+    _adopted_world(env)
+    before = _origins(env), len(env.requests("POST"))
+
     async def nothing(self: GraphClient, *args: Any, **kwargs: Any) -> Any:
         empty: list[RemoteImage] = []
         return empty, None
 
     monkeypatch.setattr(GraphClient, "list_page", nothing)
+    return before
 
 
 def test_an_image_missing_from_the_listing_is_asked_for_before_it_is_taken_for_deleted(
-    env: SyncEnv, monkeypatch: pytest.MonkeyPatch
+    env: SyncEnv, adopted_then_unlisted: tuple[list[tuple[str, str]], int]
 ) -> None:
-    _adopted_world(env)
-    before, posts = _origins(env), len(env.requests("POST"))
-    _empty_listing(monkeypatch)
+    before, posts = adopted_then_unlisted
     with capture_logs() as logs:
         result = engine_pass(env, PassOptions())
     assert result.report.ok, result.report
@@ -72,11 +78,11 @@ def test_an_image_the_account_no_longer_has_is_uploaded_again(env: SyncEnv) -> N
 
 
 def test_a_failing_confirmation_keeps_the_images_for_this_pass(
-    env: SyncEnv, monkeypatch: pytest.MonkeyPatch
+    env: SyncEnv,
+    adopted_then_unlisted: tuple[list[tuple[str, str]], int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _adopted_world(env)
-    before, posts = _origins(env), len(env.requests("POST"))
-    _empty_listing(monkeypatch)
+    before, posts = adopted_then_unlisted
 
     async def refused(self: GraphClient, *args: Any, **kwargs: Any) -> Any:
         raise TransientError("network error: ServerDisconnectedError")
