@@ -334,15 +334,17 @@ async def _confirm_missing(
     Those the account still has are put in the listing. Nothing is missing in a steady state,
     so this costs no call then."""
     status = remote.status
-    missing = [
-        img.hash
-        for img in images
-        if img.uploaded_at < listed_at and status(img.hash) in (None, "DELETED")
-    ]
+    missing = sorted(
+        {
+            img.hash  # several contents can map to one hash: asked for once
+            for img in images
+            if img.uploaded_at < listed_at and status(img.hash) in (None, "DELETED")
+        }
+    )
     if not missing:
         return
     try:
-        fresh = await channel.read(sorted(set(missing)))
+        fresh = await channel.read(missing)
     except GraphError as exc:
         # Unconfirmed: kept as present for this pass (nothing forgotten, nothing re-uploaded).
         log.warning("listing_unconfirmed", account=channel.account, reason=exc.reason)
@@ -353,7 +355,7 @@ async def _confirm_missing(
         log.warning(
             "listing_incomplete",
             account=channel.account,
-            missing=len(set(missing)),
+            missing=len(missing),
             still_there=len(found),
         )
         remote.update(found)
