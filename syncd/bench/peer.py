@@ -2,8 +2,13 @@
 
 Both are subprocesses timed from spawn to exit (interpreter start and imports included, as a
 user meets them), each against a fresh emulator (20 ms latency, no rate limit) and the same
-folder of ~100 KB images. Order: peer, syncd w=8, the worker curve, syncd w=8, peer, so drift
-on this shared machine hits both sides; the ratio uses the means. (Smoke: w=1 and w=8, once.)
+folder of ~100 KB images. Order: peer, syncd w=8, bare, the worker curve, syncd w=8, bare,
+peer, so drift on this shared machine hits every side; the ratios use the means. (Smoke: w=1,
+w=8 and the bare client, once.)
+
+The bare client (syncd.bench.bare_client) is aiohttp and nothing else: every image read into
+memory first, then 8 POSTs at a time, no scan, manifest, log or retry. peer / bare shows how
+near to the target the plainest concurrent aiohttp script comes on this machine.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from syncd.bench.world import (
 from syncd.emulator import EmulatorThread
 
 CURVE = (1, 2, 4, 8, 16)
+PEER = 0  # in the run order: the SDK peer
+BARE = -1  # in the run order: the bare aiohttp client
 
 
 def run(ctx: Context) -> BenchResult:
@@ -41,6 +48,7 @@ def run(ctx: Context) -> BenchResult:
         "rate_limit": "none (emulator score model off; config rate 10000/s, burst 10000)",
         "workers_curve": list(CURVE) if ctx.full else [1, 8],
         "peer": "facebook-business SDK, AdImage(parent_id=...).remote_create() per file",
+        "bare": "aiohttp client, every image in memory first, 8 POSTs at a time",
     }
     result = BenchResult("peer", params=params)
     work = ctx.workdir("peer")
@@ -50,12 +58,14 @@ def run(ctx: Context) -> BenchResult:
     runs: list[dict[str, Any]] = []
     with emulator(latency_ms=params["latency_ms"]) as emu:
         curve = CURVE if ctx.full else (1, 8)  # smoke: two points, each once, to stay short
-        order: list[int] = [0, 8, *(w for w in curve if w != 8)]  # 0: the peer
-        order += [8, 0] if ctx.full else []
+        order: list[int] = [PEER, 8, BARE, *(w for w in curve if w != 8)]
+        order += [8, BARE, PEER] if ctx.full else []
         for i, workers in enumerate(order):
             fresh(emu)
-            if workers == 0:
+            if workers == PEER:
                 runs.append(_peer(emu, folder, count))
+            elif workers == BARE:
+                runs.append(_bare(emu, folder, count))
             else:
                 runs.append(_syncd(emu, work, folder, workers, i, count))
     result.details = {"runs": runs}
@@ -64,15 +74,30 @@ def run(ctx: Context) -> BenchResult:
 
 
 def _peer(emu: EmulatorThread, folder: Path, count: int) -> dict[str, Any]:
-    args = [sys.executable, "-m", "syncd.bench.sdk_peer", emu.base_url, ACCOUNT, str(folder)]
+    args = ["syncd.bench.sdk_peer", emu.base_url, ACCOUNT, str(folder)]
+    return _script("peer", args, emu, count)
+
+
+def _bare(emu: EmulatorThread, folder: Path, count: int) -> dict[str, Any]:
+    args = ["syncd.bench.bare_client", emu.base_url, ACCOUNT, str(folder), "8"]
+    return _script("bare client", args, emu, count)
+
+
+def _script(who: str, args: list[str], emu: EmulatorThread, count: int) -> dict[str, Any]:
+    """`python -m ARGS`, timed from spawn to exit."""
     started = time.monotonic()
     done = subprocess.run(  # noqa: S603 - our own interpreter and module
-        args, env=child_env(), capture_output=True, text=True, timeout=30 + count, check=False
+        [sys.executable, "-m", *args],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30 + count,
+        check=False,
     )
     wall = time.monotonic() - started
     if done.returncode != 0:
-        raise RuntimeError(f"the SDK peer failed: {done.stderr[-2000:]}")
-    return _run_facts("peer", wall, emu, count, done.returncode)
+        raise RuntimeError(f"the {who} failed: {done.stderr[-2000:]}")
+    return _run_facts(who, wall, emu, count, done.returncode)
 
 
 def _syncd(
@@ -124,3 +149,8 @@ def _report(result: BenchResult, runs: list[dict[str, Any]], count: int) -> None
             result.add(f"peer time / syncd time (w={workers})", peer / wall, "x")
     worst = max(r["wall_seconds"] for r in runs if r.get("workers") == 8)
     result.add("syncd w=8 wall time (worst run)", worst, "s")
+    bare = statistics.mean(r["wall_seconds"] for r in runs if r["who"] == "bare client")
+    mine = statistics.mean(r["wall_seconds"] for r in runs if r.get("workers") == 8)
+    result.add("bare aiohttp client (8 at a time) wall time", bare, "s")
+    result.add("peer time / bare client time", peer / bare, "x")
+    result.add("syncd w=8 time / bare client time", mine / bare, "x")
