@@ -3,7 +3,9 @@
 The baseline is `os.walk` + `os.stat` of every file in a fresh `python -c` process, so both
 sides pay an interpreter start; it is also timed in-process. Rounds alternate (walk,
 reconcile) after one warm-up walk, and medians are compared. The remote listing of every
-image is part of a reconcile and not of a walk; its share is reported. Then the daemon's
+image is part of a reconcile and not of a walk; its share is reported, and each round also
+times a bare aiohttp listing of the same account (syncd.bench.bare_lister, spawn to exit):
+what the listing alone costs here before syncd does anything with it. Then the daemon's
 start-up scan on the same tree: spawn to the first `scan_complete`, and its RSS then.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 from syncd.bench import procs
 from syncd.bench.bigtree import BigTree, big_tree
 from syncd.bench.report import BenchResult
-from syncd.bench.world import Context, emulator, request_log, write_config
+from syncd.bench.world import ACCOUNT, Context, child_env, emulator, request_log, write_config
 from syncd.emulator import EmulatorThread
 
 WALK = """
@@ -50,15 +52,21 @@ def run(ctx: Context) -> BenchResult:
             "seed_seconds": {k: round(v, 1) for k, v in tree.seconds.items()},
         }
         _walk_subprocess(tree.root)  # warm the dentry and inode caches for both sides
-        walks, recs = [], []
+        walks, lists, recs = [], [], []
         for i in range(rounds):
             walks.append(_walk_subprocess(tree.root))
+            lists.append(_bare_listing(emu, len(tree.paths)))
             recs.append(_reconcile(emu, tree, work, i))
         inproc = _walk_in_process(tree.root)
         daemon = _daemon_startup(emu, tree, work)
         manifest_bytes = _manifest_bytes(work / "manifest-0.sqlite3")
-    result.details = {"walk_seconds": walks, "reconciles": recs, "daemon": daemon}
-    _report(result, tree, walks, inproc, recs, daemon, manifest_bytes)
+    result.details = {
+        "walk_seconds": walks,
+        "bare_listing_seconds": lists,
+        "reconciles": recs,
+        "daemon": daemon,
+    }
+    _report(result, tree, (walks, lists, inproc), recs, daemon, manifest_bytes)
     return result
 
 
@@ -68,6 +76,22 @@ def _walk_subprocess(root: Path) -> float:
         [sys.executable, "-c", WALK, str(root)], check=True, capture_output=True, timeout=600
     )
     return time.monotonic() - started
+
+
+def _bare_listing(emu: EmulatorThread, images: int) -> float:
+    started = time.monotonic()
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "syncd.bench.bare_lister", emu.base_url, ACCOUNT],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    wall = time.monotonic() - started
+    if done.returncode != 0 or done.stdout.strip() != str(images):
+        raise RuntimeError(f"the bare listing failed: {done.stdout[-200:]} {done.stderr[-2000:]}")
+    return wall
 
 
 def _walk_in_process(root: Path) -> float:
@@ -132,13 +156,14 @@ def _manifest_bytes(path: Path) -> int:
 def _report(
     result: BenchResult,
     tree: BigTree,
-    walks: list[float],
-    inproc: float,
+    baselines: tuple[list[float], list[float], float],
     recs: list[dict[str, Any]],
     daemon: dict[str, Any],
     manifest_bytes: int,
 ) -> None:
+    walks, lists, inproc = baselines
     walk = statistics.median(walks)
+    bare_listing = statistics.median(lists)
     rec = statistics.median(r["wall_seconds"] for r in recs)
     listing = statistics.median(r["listing_seconds"] for r in recs)
     result.add("bare walk+stat (python -c)", walk, "s")
@@ -147,6 +172,8 @@ def _report(
     result.add("reconcile / bare walk", rec / walk, "x", at_most=2.0)
     result.add("  of which remote listing (emulator)", listing, "s")
     result.add("reconcile minus listing / bare walk", (rec - listing) / walk, "x")
+    result.add("bare aiohttp listing (python -m)", bare_listing, "s")
+    result.add("bare listing / bare walk", bare_listing / walk, "x")
     result.add("reconcile peak RSS", max(r["maxrss_mb"] for r in recs), "MB", at_most=150)
     result.add("daemon start-up scan", daemon["seconds_to_scan_complete"], "s")
     result.add("daemon start-up scan / bare walk", daemon["seconds_to_scan_complete"] / walk, "x")
