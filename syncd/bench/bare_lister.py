@@ -2,9 +2,9 @@
 
 Run as `python -m syncd.bench.bare_lister BASE_URL ACCOUNT` with the token in
 SYNCD_ACCESS_TOKEN. It asks for what syncd's no-change reconcile asks for (`hash,status`,
-pages of syncd.graph.LIST_PAGE) and follows the `after` cursor until a page has no `next`; it
-decodes each page's JSON to find the cursor and builds nothing from it. It imports nothing of
-syncd, so its start-up is the interpreter's and aiohttp's alone.
+pages of syncd.graph.LIST_PAGE) and follows the `after` cursor until a page has no `next`,
+keeping each image's status by its hash and nothing else. It imports nothing of syncd, so
+its start-up is the interpreter's and aiohttp's alone.
 
 Timed from spawn to exit beside the bare walk, it shows what the listing every reconcile makes
 by contract costs on this machine against this emulator before syncd does anything with it.
@@ -22,11 +22,11 @@ import aiohttp
 PAGE = 500  # syncd.graph.LIST_PAGE (not imported: syncd.graph imports the rest of syncd)
 
 
-async def list_all(url: str) -> int:
-    """Page through the listing; the number of images listed."""
+async def list_statuses(url: str) -> dict[str, str]:
+    """Page through the listing; every image's status by its hash."""
     headers = {"Authorization": f"OAuth {os.environ['SYNCD_ACCESS_TOKEN']}"}
     params = {"fields": "hash,status", "limit": str(PAGE)}
-    count = 0
+    statuses: dict[str, str] = {}
     async with aiohttp.ClientSession() as session:
         while True:
             async with session.get(url, params=params, headers=headers) as resp:
@@ -34,17 +34,17 @@ async def list_all(url: str) -> int:
                 if resp.status != 200:
                     raise RuntimeError(f"HTTP {resp.status}: {raw[:200]!r}")
             page = json.loads(raw)
-            count += len(page["data"])
+            statuses.update((item["hash"], item["status"]) for item in page["data"])
             paging = page.get("paging", {})
             if "next" not in paging:
-                return count
+                return statuses
             params = {**params, "after": paging["cursors"]["after"]}
 
 
 def main(argv: list[str]) -> int:
-    """List the account; print the count."""
+    """List the account; print the number of images listed."""
     base_url, account = argv
-    print(asyncio.run(list_all(f"{base_url}/v21.0/act_{account}/adimages")))
+    print(len(asyncio.run(list_statuses(f"{base_url}/v21.0/act_{account}/adimages"))))
     return 0
 
 

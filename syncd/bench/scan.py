@@ -3,10 +3,11 @@
 The baseline is `os.walk` + `os.stat` of every file in a fresh `python -c` process, so both
 sides pay an interpreter start; it is also timed in-process. Rounds alternate (walk,
 reconcile) after one warm-up walk, and medians are compared. The remote listing of every
-image is part of a reconcile and not of a walk; its share is reported, and each round also
-times a bare aiohttp listing of the same account (syncd.bench.bare_lister, spawn to exit):
-what the listing alone costs here before syncd does anything with it. Then the daemon's
-start-up scan on the same tree: spawn to the first `scan_complete`, and its RSS then.
+image is part of a reconcile and not of a walk; its share is reported. Each round also times,
+spawn to exit, a bare aiohttp listing of the same account (syncd.bench.bare_lister) and a bare
+pass (syncd.bench.bare_pass: walk, manifest rows and listing at once, then one comparison):
+what the listing alone costs here, and the floor of a no-change pass in Python. Then the
+daemon's start-up scan on the same tree: spawn to the first `scan_complete`, and its RSS then.
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ def run(ctx: Context) -> BenchResult:
             "seed_seconds": {k: round(v, 1) for k, v in tree.seconds.items()},
         }
         _walk_subprocess(tree.root)  # warm the dentry and inode caches for both sides
-        walks, lists, recs = [], [], []
+        walks, lists, bares, recs = [], [], [], []
         for i in range(rounds):
             walks.append(_walk_subprocess(tree.root))
             lists.append(_bare_listing(emu, len(tree.paths)))
+            bares.append(_bare_pass(emu, tree, work))
             recs.append(_reconcile(emu, tree, work, i))
         inproc = _walk_in_process(tree.root)
         daemon = _daemon_startup(emu, tree, work)
@@ -63,10 +65,11 @@ def run(ctx: Context) -> BenchResult:
     result.details = {
         "walk_seconds": walks,
         "bare_listing_seconds": lists,
+        "bare_pass_seconds": bares,
         "reconciles": recs,
         "daemon": daemon,
     }
-    _report(result, tree, (walks, lists, inproc), recs, daemon, manifest_bytes)
+    _report(result, tree, (walks, lists, bares, inproc), recs, daemon, manifest_bytes)
     return result
 
 
@@ -79,9 +82,22 @@ def _walk_subprocess(root: Path) -> float:
 
 
 def _bare_listing(emu: EmulatorThread, images: int) -> float:
+    args = ["syncd.bench.bare_lister", emu.base_url, ACCOUNT]
+    return _bare("bare listing", args, f"{images}")
+
+
+def _bare_pass(emu: EmulatorThread, tree: BigTree, work: Path) -> float:
+    manifest = tree.manifest_copy(work / "manifest-bare.sqlite3")
+    args = ["syncd.bench.bare_pass", emu.base_url, ACCOUNT, str(tree.root), str(manifest)]
+    count = len(tree.paths)
+    return _bare("bare pass", args, f"{count} {count}")  # every file unchanged, every image listed
+
+
+def _bare(who: str, args: list[str], expected: str) -> float:
+    """`python -m ARGS`, timed from spawn to exit; it must print `expected`."""
     started = time.monotonic()
     done = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "syncd.bench.bare_lister", emu.base_url, ACCOUNT],
+        [sys.executable, "-m", *args],
         env=child_env(),
         capture_output=True,
         text=True,
@@ -89,8 +105,8 @@ def _bare_listing(emu: EmulatorThread, images: int) -> float:
         check=False,
     )
     wall = time.monotonic() - started
-    if done.returncode != 0 or done.stdout.strip() != str(images):
-        raise RuntimeError(f"the bare listing failed: {done.stdout[-200:]} {done.stderr[-2000:]}")
+    if done.returncode != 0 or done.stdout.strip() != expected:
+        raise RuntimeError(f"the {who} failed: {done.stdout[-200:]} {done.stderr[-2000:]}")
     return wall
 
 
@@ -156,14 +172,15 @@ def _manifest_bytes(path: Path) -> int:
 def _report(
     result: BenchResult,
     tree: BigTree,
-    baselines: tuple[list[float], list[float], float],
+    baselines: tuple[list[float], list[float], list[float], float],
     recs: list[dict[str, Any]],
     daemon: dict[str, Any],
     manifest_bytes: int,
 ) -> None:
-    walks, lists, inproc = baselines
+    walks, lists, bares, inproc = baselines
     walk = statistics.median(walks)
     bare_listing = statistics.median(lists)
+    bare_pass = statistics.median(bares)
     rec = statistics.median(r["wall_seconds"] for r in recs)
     listing = statistics.median(r["listing_seconds"] for r in recs)
     result.add("bare walk+stat (python -c)", walk, "s")
@@ -174,6 +191,9 @@ def _report(
     result.add("reconcile minus listing / bare walk", (rec - listing) / walk, "x")
     result.add("bare aiohttp listing (python -m)", bare_listing, "s")
     result.add("bare listing / bare walk", bare_listing / walk, "x")
+    result.add("bare pass: walk, rows, listing, compared (python -m)", bare_pass, "s")
+    result.add("bare pass / bare walk", bare_pass / walk, "x")
+    result.add("reconcile / bare pass", rec / bare_pass, "x")
     result.add("reconcile peak RSS", max(r["maxrss_mb"] for r in recs), "MB", at_most=150)
     result.add("daemon start-up scan", daemon["seconds_to_scan_complete"], "s")
     result.add("daemon start-up scan / bare walk", daemon["seconds_to_scan_complete"] / walk, "x")
