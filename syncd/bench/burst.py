@@ -5,7 +5,7 @@ The files are written to a staging folder first. `--reconcile` syncs the staging
 folder (fresh emulator and manifest again), every file is renamed into it in one go (same
 file system: each appears complete, at once), and the daemon is timed from the first rename
 to its last `file_uploaded` event; the files are then renamed back. Its RSS is sampled during
-the burst; the peak is `ru_maxrss` from `wait4` once it stopped.
+the burst; the peak is the VmHWM that syncd.bench.procs samples until the process exits.
 
 Order: reconcile, daemon, daemon, reconcile, and the ratio uses the means: one run of each
 side, a minute and more apiece, let this machine's drift decide the ratio (single runs of the

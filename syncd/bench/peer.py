@@ -14,9 +14,6 @@ near to the target the plainest concurrent aiohttp script comes on this machine.
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,6 @@ from syncd.bench.report import BenchResult
 from syncd.bench.world import (
     ACCOUNT,
     Context,
-    child_env,
     emulator,
     fresh,
     image_count,
@@ -85,19 +81,8 @@ def _bare(emu: EmulatorThread, folder: Path, count: int) -> dict[str, Any]:
 
 def _script(who: str, args: list[str], emu: EmulatorThread, count: int) -> dict[str, Any]:
     """`python -m ARGS`, timed from spawn to exit."""
-    started = time.monotonic()
-    done = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", *args],
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=30 + count,
-        check=False,
-    )
-    wall = time.monotonic() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"the {who} failed: {done.stderr[-2000:]}")
-    return _run_facts(who, wall, emu, count, done.returncode)
+    wall, _ = procs.run_module(who, args, timeout=30 + count)
+    return _run_facts(who, wall, emu, count, 0)
 
 
 def _syncd(

@@ -185,3 +185,24 @@ def _matches(event: Event, name: str, fields: dict[str, Any]) -> bool:
 def reconcile(config: Path, timeout: float) -> Exit:
     """`syncd --config FILE --reconcile` to its end."""
     return SyncdProcess(["--config", str(config), "--reconcile"]).finish(timeout)
+
+
+def run_module(who: str, args: Sequence[str], *, timeout: float) -> tuple[float, str]:
+    """`python -m ARGS` (a benchmark's peer or bare baseline) in syncd's environment.
+
+    Returns the seconds from spawn to exit and what it printed; raises, naming `who`, if it
+    failed.
+    """
+    started = time.monotonic()
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", *args],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"the {who} failed: {done.stderr[-2000:]}")
+    return wall, done.stdout

@@ -23,7 +23,7 @@ from typing import Any
 from syncd.bench import procs
 from syncd.bench.bigtree import BigTree, big_tree
 from syncd.bench.report import BenchResult
-from syncd.bench.world import ACCOUNT, Context, child_env, emulator, request_log, write_config
+from syncd.bench.world import ACCOUNT, Context, emulator, request_log, write_config
 from syncd.emulator import EmulatorThread
 
 WALK = """
@@ -95,18 +95,9 @@ def _bare_pass(emu: EmulatorThread, tree: BigTree, work: Path) -> float:
 
 def _bare(who: str, args: list[str], expected: str) -> float:
     """`python -m ARGS`, timed from spawn to exit; it must print `expected`."""
-    started = time.monotonic()
-    done = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", *args],
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    wall = time.monotonic() - started
-    if done.returncode != 0 or done.stdout.strip() != expected:
-        raise RuntimeError(f"the {who} failed: {done.stdout[-200:]} {done.stderr[-2000:]}")
+    wall, printed = procs.run_module(who, args, timeout=600)
+    if printed.strip() != expected:
+        raise RuntimeError(f"the {who} printed {printed[-200:]!r}, not {expected!r}")
     return wall
 
 
